@@ -1,0 +1,846 @@
+/*
+ * The N-API layer: argument checks, async jobs, and nothing else.
+ * Every exported function that does work returns a promise and runs on the
+ * libuv threadpool; execute callbacks never touch N-API. Every N-API status
+ * is checked. Inputs are caller-provided buffers, referenced for the job's
+ * lifetime; outputs are handed over without copying where Node allows it.
+ */
+#define NAPI_VERSION 9
+#define _GNU_SOURCE
+#include <node_api.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <zstd.h>
+
+#include "fastcdc.h"
+#include "posix.h"
+#include "seal.h"
+
+/* ---------- errors ---------- */
+
+static napi_value failed(napi_env env, const char *what) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "N-API call failed: %s", what);
+    napi_throw_error(env, "HF_NATIVE_ERROR", msg);
+  }
+  return NULL;
+}
+
+#define CALL(env, x)                           \
+  do {                                         \
+    if ((x) != napi_ok) return failed(env, #x); \
+  } while (0)
+
+static napi_value invalid(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "HF_INVALID_ARGUMENT", msg);
+  return NULL;
+}
+
+static napi_value make_error(napi_env env, const char *code, const char *message) {
+  napi_value c, m, e;
+  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c) != napi_ok ||
+      napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &m) != napi_ok ||
+      napi_create_error(env, c, m, &e) != napi_ok)
+    return NULL;
+  return e;
+}
+
+/* ---------- arguments ---------- */
+
+static napi_value get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  napi_value self;
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  if (argc < want) return invalid(env, "missing arguments");
+  return self;
+}
+
+static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+  bool is_ta = false;
+  napi_typedarray_type type;
+  size_t n = 0, off = 0;
+  void *p = NULL;
+  napi_value ab;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return 0;
+  if (napi_get_typedarray_info(env, v, &type, &n, &p, &ab, &off) != napi_ok) return 0;
+  if (type != napi_uint8_array) return 0;
+  *data = p;
+  *len = n;
+  return 1;
+}
+
+static int is_nullish(napi_env env, napi_value v) {
+  napi_valuetype t;
+  return napi_typeof(env, v, &t) == napi_ok && (t == napi_null || t == napi_undefined);
+}
+
+static int get_u32(napi_env env, napi_value v, uint32_t *out) {
+  napi_valuetype t;
+  double d;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return 0;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return 0;
+  if (!(d >= 0 && d <= 4294967295.0) || d != (double)(uint32_t)d) return 0;
+  *out = (uint32_t)d;
+  return 1;
+}
+
+/* Non-negative integers up to 2^53, or negative ones for times. */
+static int get_i64(napi_env env, napi_value v, int64_t *out) {
+  napi_valuetype t;
+  double d;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return 0;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return 0;
+  if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0) || d != (double)(int64_t)d) return 0;
+  *out = (int64_t)d;
+  return 1;
+}
+
+static int get_bool(napi_env env, napi_value v, bool *out) {
+  return napi_get_value_bool(env, v, out) == napi_ok;
+}
+
+/* A NUL-terminated copy of a path given as bytes; NULL when it holds a NUL. */
+static char *dup_path(const uint8_t *p, size_t n) {
+  if (n == 0 || memchr(p, 0, n)) return NULL;
+  char *s = malloc(n + 1);
+  if (!s) return NULL;
+  memcpy(s, p, n);
+  s[n] = 0;
+  return s;
+}
+
+/* ---------- results ---------- */
+
+static void free_cb(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+/* Hands malloc'd memory to JS (ownership moves, no copy); copies when this
+ * runtime does not allow external buffers. The memory is freed on failure. */
+static napi_value hand_over(napi_env env, uint8_t *mem, size_t len) {
+  napi_value out;
+  void *dst;
+  napi_status st;
+  if (len == 0) {
+    free(mem);
+    CALL(env, napi_create_buffer(env, 0, &dst, &out));
+    return out;
+  }
+  st = napi_create_external_buffer(env, len, mem, free_cb, NULL, &out);
+  if (st == napi_ok) return out;
+  if (st != napi_no_external_buffers_allowed) {
+    free(mem);
+    return failed(env, "napi_create_external_buffer");
+  }
+  st = napi_create_buffer_copy(env, len, mem, &dst, &out);
+  free(mem);
+  if (st != napi_ok) return failed(env, "napi_create_buffer_copy");
+  return out;
+}
+
+/* ---------- async jobs ---------- */
+
+typedef struct job job;
+struct job {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref *refs;
+  size_t nrefs;
+  void (*exec)(job *);
+  napi_value (*done)(napi_env, job *); /* NULL return: reject (err or pending exception) */
+  void (*cleanup)(job *);
+  hf_err err;
+  int sys_errno;
+  const char *syscall;
+  char *path;
+};
+
+static void job_execute(napi_env env, void *data) {
+  (void)env;
+  job *j = data;
+  j->exec(j);
+}
+
+static void job_release(napi_env env, job *j) {
+  for (size_t i = 0; i < j->nrefs; i++)
+    if (j->refs[i]) napi_delete_reference(env, j->refs[i]);
+  free(j->refs);
+  if (j->work) napi_delete_async_work(env, j->work);
+  if (j->cleanup) j->cleanup(j);
+  free(j->path);
+  free(j);
+}
+
+static napi_value errno_error(napi_env env, job *j) {
+  char msg[512];
+  const char *name = strerrorname_np(j->sys_errno);
+  snprintf(msg, sizeof msg, "%s: %s, %s '%s'", name ? name : "EUNKNOWN", strerror(j->sys_errno),
+           j->syscall ? j->syscall : "call", j->path ? j->path : "");
+  napi_value e = make_error(env, name ? name : "EUNKNOWN", msg);
+  napi_value v;
+  if (e && napi_create_int32(env, -j->sys_errno, &v) == napi_ok)
+    napi_set_named_property(env, e, "errno", v);
+  if (e && j->syscall && napi_create_string_utf8(env, j->syscall, NAPI_AUTO_LENGTH, &v) == napi_ok)
+    napi_set_named_property(env, e, "syscall", v);
+  return e;
+}
+
+static void job_complete(napi_env env, napi_status status, void *data) {
+  job *j = data;
+  napi_value result = NULL, error = NULL;
+  if (status != napi_ok) {
+    error = make_error(env, "HF_NATIVE_ERROR", "async work was cancelled");
+  } else if (j->sys_errno) {
+    error = errno_error(env, j);
+  } else if (j->err.code) {
+    error = make_error(env, j->err.code, j->err.message);
+  } else {
+    result = j->done ? j->done(env, j) : NULL;
+    if (!j->done) napi_get_undefined(env, &result);
+    if (!result) {
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (pending) napi_get_and_clear_last_exception(env, &error);
+      else error = make_error(env, "HF_NATIVE_ERROR", "could not build the result");
+    }
+  }
+  if (result) napi_resolve_deferred(env, j->deferred, result);
+  else if (error) napi_reject_deferred(env, j->deferred, error);
+  job_release(env, j);
+}
+
+/* Keeps values (buffers, handles) alive until the job completes. */
+static int job_hold(napi_env env, job *j, napi_value v) {
+  napi_ref *r = realloc(j->refs, (j->nrefs + 1) * sizeof *r);
+  if (!r) return 0;
+  j->refs = r;
+  j->refs[j->nrefs] = NULL;
+  if (napi_create_reference(env, v, 1, &j->refs[j->nrefs]) != napi_ok) return 0;
+  j->nrefs++;
+  return 1;
+}
+
+static napi_value job_start(napi_env env, job *j, const char *name) {
+  napi_value promise, res_name;
+  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &res_name) != napi_ok ||
+      napi_create_async_work(env, NULL, res_name, job_execute, job_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    /* Nothing was queued: the promise (if made) is dropped unsettled. */
+    job_release(env, j);
+    return failed(env, "cannot start async work");
+  }
+  return promise;
+}
+
+#define NEW_JOB(type, var)                                       \
+  type *var = calloc(1, sizeof(type));                           \
+  if (!var) {                                                    \
+    napi_throw_error(env, "HF_OUT_OF_MEMORY", "out of memory"); \
+    return NULL;                                                 \
+  }
+
+#define HOLD(env, j, v)                                 \
+  do {                                                  \
+    if (!job_hold(env, &(j)->base, v)) {                \
+      job_release(env, &(j)->base);                     \
+      return failed(env, "cannot reference argument"); \
+    }                                                   \
+  } while (0)
+
+/* ---------- chunker ---------- */
+
+typedef struct chunker {
+  hf_cdc cdc;
+  hf_mac *mac; /* NULL: boundaries only */
+  uint32_t chunk_len;
+  int mac_started;
+  int busy;
+} chunker;
+
+static void chunker_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  chunker *c = data;
+  hf_mac_free(c->mac);
+  free(c);
+}
+
+static chunker *get_chunker(napi_env env, napi_value v) {
+  void *p = NULL;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) return NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
+  return p;
+}
+
+/* createChunker(gear: Uint8Array(2048), min, avg, max, idKey: Uint8Array(32) | null) */
+static napi_value create_chunker(napi_env env, napi_callback_info info) {
+  napi_value argv[5], out;
+  uint8_t *gear, *key = NULL;
+  size_t gear_len, key_len = 0;
+  uint32_t mn, av, mx;
+  hf_err err = {0};
+  if (!get_args(env, info, 5, argv)) return NULL;
+  if (!get_bytes(env, argv[0], &gear, &gear_len) || gear_len != 2048)
+    return invalid(env, "gear table must be 2048 bytes");
+  if (!get_u32(env, argv[1], &mn) || !get_u32(env, argv[2], &av) || !get_u32(env, argv[3], &mx))
+    return invalid(env, "chunk sizes must be integers");
+  if (!is_nullish(env, argv[4]) && (!get_bytes(env, argv[4], &key, &key_len) || key_len != HF_KEY_LEN))
+    return invalid(env, "id key must be 32 bytes or null");
+  chunker *c = calloc(1, sizeof *c);
+  if (!c) return invalid(env, "out of memory");
+  if (hf_cdc_init(&c->cdc, gear, mn, av, mx) != 0) {
+    free(c);
+    return invalid(env, "chunk sizes must satisfy 64 <= min < avg < max <= 64 MiB, avg a power of two");
+  }
+  if (key) {
+    c->mac = hf_mac_new(key, &err);
+    if (!c->mac) {
+      free(c);
+      napi_throw_error(env, err.code, err.message);
+      return NULL;
+    }
+  }
+  if (napi_create_external(env, c, chunker_finalize, NULL, &out) != napi_ok) {
+    chunker_finalize(env, c, NULL);
+    return failed(env, "napi_create_external");
+  }
+  return out;
+}
+
+typedef struct chunk_job {
+  job base;
+  chunker *c;
+  const uint8_t *data;
+  size_t len;
+  bool final;
+  uint8_t *results; /* count x (u32 length, 32-byte id) */
+  size_t count, cap;
+} chunk_job;
+
+#define CHUNK_RECORD 36u
+/* Scan and hash in slices that stay in L2, so the HMAC reads warm data. */
+#define CHUNK_SLICE (256u << 10)
+
+static int emit_chunk(chunk_job *j) {
+  chunker *c = j->c;
+  if (j->count == j->cap) {
+    size_t cap = j->cap ? j->cap * 2 : 16;
+    uint8_t *r = realloc(j->results, cap * CHUNK_RECORD);
+    if (!r) {
+      hf_set_err(&j->base.err, "HF_OUT_OF_MEMORY", "out of memory");
+      return -1;
+    }
+    j->results = r;
+    j->cap = cap;
+  }
+  uint8_t *rec = j->results + j->count * CHUNK_RECORD;
+  for (int i = 0; i < 4; i++) rec[i] = (uint8_t)(c->chunk_len >> (8 * i));
+  if (c->mac) {
+    if (!c->mac_started && hf_mac_begin(c->mac, &j->base.err)) return -1;
+    if (hf_mac_end(c->mac, rec + 4, &j->base.err)) return -1;
+  } else {
+    memset(rec + 4, 0, HF_ID_LEN);
+  }
+  c->mac_started = 0;
+  c->chunk_len = 0;
+  j->count++;
+  return 0;
+}
+
+static void chunk_exec(job *base) {
+  chunk_job *j = (chunk_job *)base;
+  chunker *c = j->c;
+  const uint8_t *p = j->data;
+  size_t n = j->len;
+  while (n) {
+    int cut = 0;
+    size_t slice = n < CHUNK_SLICE ? n : CHUNK_SLICE;
+    size_t k = hf_cdc_next(&c->cdc, p, slice, &cut);
+    if (c->mac) {
+      if (!c->mac_started) {
+        if (hf_mac_begin(c->mac, &base->err)) return;
+        c->mac_started = 1;
+      }
+      if (hf_mac_update(c->mac, p, k, &base->err)) return;
+    }
+    c->chunk_len += (uint32_t)k;
+    p += k;
+    n -= k;
+    if (cut && emit_chunk(j)) return;
+  }
+  if (j->final) {
+    if (c->chunk_len && emit_chunk(j)) return;
+    hf_cdc_reset(&c->cdc);
+    c->chunk_len = 0;
+    c->mac_started = 0;
+  }
+}
+
+static napi_value chunk_done(napi_env env, job *base) {
+  chunk_job *j = (chunk_job *)base;
+  napi_value out;
+  void *dst;
+  CALL(env, napi_create_buffer_copy(env, j->count * CHUNK_RECORD, j->results ? j->results : (void *)"",
+                                    &dst, &out));
+  return out;
+}
+
+static void chunk_cleanup(job *base) {
+  chunk_job *j = (chunk_job *)base;
+  j->c->busy = 0;
+  free(j->results);
+}
+
+/* chunkerUpdate(chunker, data: Uint8Array, final: boolean): Promise<Buffer> */
+static napi_value chunker_update(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint8_t *data;
+  size_t len;
+  bool final;
+  if (!get_args(env, info, 3, argv)) return NULL;
+  chunker *c = get_chunker(env, argv[0]);
+  if (!c) return invalid(env, "not a chunker");
+  if (!get_bytes(env, argv[1], &data, &len)) return invalid(env, "data must be a Uint8Array");
+  if (!get_bool(env, argv[2], &final)) return invalid(env, "final must be a boolean");
+  if (c->busy) {
+    napi_throw_error(env, "HF_CHUNKER_BUSY", "chunker is already working on a buffer; await it first");
+    return NULL;
+  }
+  NEW_JOB(chunk_job, j);
+  j->base.exec = chunk_exec;
+  j->base.done = chunk_done;
+  j->c = c;
+  j->data = data;
+  j->len = len;
+  j->final = final;
+  HOLD(env, j, argv[0]);
+  HOLD(env, j, argv[1]);
+  c->busy = 1;
+  j->base.cleanup = chunk_cleanup;
+  return job_start(env, &j->base, "holdfast:chunk");
+}
+
+/* chunkerReset(chunker): forget a partly fed stream. */
+static napi_value chunker_reset(napi_env env, napi_callback_info info) {
+  napi_value argv[1], undef;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  chunker *c = get_chunker(env, argv[0]);
+  if (!c) return invalid(env, "not a chunker");
+  if (c->busy) {
+    napi_throw_error(env, "HF_CHUNKER_BUSY", "chunker is working on a buffer; await it first");
+    return NULL;
+  }
+  hf_cdc_reset(&c->cdc);
+  c->chunk_len = 0;
+  c->mac_started = 0;
+  CALL(env, napi_get_undefined(env, &undef));
+  return undef;
+}
+
+/* ---------- sealer ---------- */
+
+static void sealer_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  hf_sealer_free(data);
+}
+
+static hf_sealer *get_sealer(napi_env env, napi_value v) {
+  void *p = NULL;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) return NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
+  return p;
+}
+
+/* createSealer(encKey: Uint8Array(32), idKey: Uint8Array(32), zstdLevel: number) */
+static napi_value create_sealer(napi_env env, napi_callback_info info) {
+  napi_value argv[3], out;
+  uint8_t *ek, *ik;
+  size_t ekl, ikl;
+  uint32_t level;
+  hf_err err = {0};
+  if (!get_args(env, info, 3, argv)) return NULL;
+  if (!get_bytes(env, argv[0], &ek, &ekl) || ekl != HF_KEY_LEN ||
+      !get_bytes(env, argv[1], &ik, &ikl) || ikl != HF_KEY_LEN)
+    return invalid(env, "keys must be 32 bytes");
+  if (!get_u32(env, argv[2], &level) || level < 1 || level > 19)
+    return invalid(env, "zstd level must be 1..19");
+  hf_sealer *s = hf_sealer_new(ek, ik, (int)level, &err);
+  if (!s) {
+    napi_throw_error(env, err.code, err.message);
+    return NULL;
+  }
+  if (napi_create_external(env, s, sealer_finalize, NULL, &out) != napi_ok) {
+    hf_sealer_free(s);
+    return failed(env, "napi_create_external");
+  }
+  return out;
+}
+
+typedef struct seal_job {
+  job base;
+  hf_sealer *s;
+  const uint8_t *plain;
+  size_t plain_len;
+  const uint8_t *aad;
+  size_t aad_len;
+  uint8_t blob_aad[1 + HF_ID_LEN];
+  int blob_type; /* >= 0: blob mode (aad = type || id, result = id || sealed) */
+  const uint8_t *id;
+  bool compress;
+  uint8_t *out;
+  size_t out_len;
+} seal_job;
+
+static void seal_exec(job *base) {
+  seal_job *j = (seal_job *)base;
+  size_t front = 0;
+  if (j->blob_type >= 0) {
+    j->blob_aad[0] = (uint8_t)j->blob_type;
+    if (j->id) memcpy(j->blob_aad + 1, j->id, HF_ID_LEN);
+    else if (hf_sealer_id(j->s, j->plain, j->plain_len, j->blob_aad + 1, &base->err)) return;
+    j->aad = j->blob_aad;
+    j->aad_len = sizeof j->blob_aad;
+    front = HF_ID_LEN;
+  }
+  if (hf_seal(j->s, j->aad, j->aad_len, j->plain, j->plain_len, j->compress, front, &j->out,
+              &j->out_len, &base->err))
+    return;
+  if (front) memcpy(j->out, j->blob_aad + 1, HF_ID_LEN);
+  j->out_len += front;
+}
+
+static napi_value seal_done(napi_env env, job *base) {
+  seal_job *j = (seal_job *)base;
+  uint8_t *mem = j->out;
+  j->out = NULL;
+  return hand_over(env, mem, j->out_len);
+}
+
+static void seal_cleanup(job *base) { free(((seal_job *)base)->out); }
+
+/* sealBlob(sealer, type: 0..255, plain, compress: boolean, id: Uint8Array(32) | null)
+ *   -> Promise<Buffer>  (id(32) || sealed; the id is computed when null) */
+static napi_value seal_blob(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  uint32_t type;
+  bool compress;
+  uint8_t *id = NULL;
+  size_t id_len = 0;
+  if (!get_args(env, info, 5, argv)) return NULL;
+  hf_sealer *s = get_sealer(env, argv[0]);
+  if (!s) return invalid(env, "not a sealer");
+  if (!get_u32(env, argv[1], &type) || type > 255) return invalid(env, "type must be 0..255");
+  NEW_JOB(seal_job, j);
+  j->base.exec = seal_exec;
+  j->base.done = seal_done;
+  j->base.cleanup = seal_cleanup;
+  j->s = s;
+  j->blob_type = (int)type;
+  if (!get_bytes(env, argv[2], (uint8_t **)&j->plain, &j->plain_len) || !get_bool(env, argv[3], &compress) ||
+      (!is_nullish(env, argv[4]) && (!get_bytes(env, argv[4], &id, &id_len) || id_len != HF_ID_LEN))) {
+    job_release(env, &j->base);
+    return invalid(env, "sealBlob(sealer, type, plain, compress, id|null)");
+  }
+  j->compress = compress;
+  j->id = id;
+  HOLD(env, j, argv[0]);
+  HOLD(env, j, argv[2]);
+  if (id) HOLD(env, j, argv[4]);
+  return job_start(env, &j->base, "holdfast:seal");
+}
+
+/* sealData(sealer, aad, plain, compress) -> Promise<Buffer> */
+static napi_value seal_data(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  bool compress;
+  if (!get_args(env, info, 4, argv)) return NULL;
+  hf_sealer *s = get_sealer(env, argv[0]);
+  if (!s) return invalid(env, "not a sealer");
+  NEW_JOB(seal_job, j);
+  j->base.exec = seal_exec;
+  j->base.done = seal_done;
+  j->base.cleanup = seal_cleanup;
+  j->s = s;
+  j->blob_type = -1;
+  if (!get_bytes(env, argv[1], (uint8_t **)&j->aad, &j->aad_len) ||
+      !get_bytes(env, argv[2], (uint8_t **)&j->plain, &j->plain_len) || !get_bool(env, argv[3], &compress)) {
+    job_release(env, &j->base);
+    return invalid(env, "sealData(sealer, aad, plain, compress)");
+  }
+  j->compress = compress;
+  HOLD(env, j, argv[0]);
+  HOLD(env, j, argv[1]);
+  HOLD(env, j, argv[2]);
+  return job_start(env, &j->base, "holdfast:seal");
+}
+
+typedef struct open_job {
+  job base;
+  hf_sealer *s;
+  const uint8_t *aad, *sealed, *expect;
+  size_t aad_len, sealed_len;
+  size_t max_plain;
+  uint8_t *out;
+  size_t out_len;
+  int all_zero;
+} open_job;
+
+static void open_exec(job *base) {
+  open_job *j = (open_job *)base;
+  hf_open(j->s, j->aad, j->aad_len, j->sealed, j->sealed_len, j->max_plain, j->expect, &j->out,
+          &j->out_len, &j->all_zero, &base->err);
+}
+
+static napi_value open_done(napi_env env, job *base) {
+  open_job *j = (open_job *)base;
+  napi_value arr, buf, zero;
+  uint8_t *mem = j->out;
+  j->out = NULL;
+  buf = hand_over(env, mem, j->out_len);
+  if (!buf) return NULL;
+  CALL(env, napi_get_boolean(env, j->all_zero != 0, &zero));
+  CALL(env, napi_create_array_with_length(env, 2, &arr));
+  CALL(env, napi_set_element(env, arr, 0, buf));
+  CALL(env, napi_set_element(env, arr, 1, zero));
+  return arr;
+}
+
+static void open_cleanup(job *base) { free(((open_job *)base)->out); }
+
+/* open(sealer, aad, sealed, maxPlain, expectId | null) -> Promise<[Buffer, allZero]> */
+static napi_value open_sealed(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int64_t max_plain;
+  size_t id_len = 0;
+  if (!get_args(env, info, 5, argv)) return NULL;
+  hf_sealer *s = get_sealer(env, argv[0]);
+  if (!s) return invalid(env, "not a sealer");
+  NEW_JOB(open_job, j);
+  j->base.exec = open_exec;
+  j->base.done = open_done;
+  j->base.cleanup = open_cleanup;
+  j->s = s;
+  if (!get_bytes(env, argv[1], (uint8_t **)&j->aad, &j->aad_len) ||
+      !get_bytes(env, argv[2], (uint8_t **)&j->sealed, &j->sealed_len) ||
+      !get_i64(env, argv[3], &max_plain) || max_plain < 0 ||
+      (!is_nullish(env, argv[4]) &&
+       (!get_bytes(env, argv[4], (uint8_t **)&j->expect, &id_len) || id_len != HF_ID_LEN))) {
+    job_release(env, &j->base);
+    return invalid(env, "open(sealer, aad, sealed, maxPlain, expectId|null)");
+  }
+  j->max_plain = (size_t)max_plain;
+  HOLD(env, j, argv[0]);
+  HOLD(env, j, argv[1]);
+  HOLD(env, j, argv[2]);
+  if (j->expect) HOLD(env, j, argv[4]);
+  return job_start(env, &j->base, "holdfast:open");
+}
+
+/* ---------- sha256 ---------- */
+
+typedef struct sha_job {
+  job base;
+  const uint8_t **parts;
+  size_t *lens;
+  size_t count;
+  uint8_t digest[32];
+} sha_job;
+
+static void sha_exec(job *base) {
+  sha_job *j = (sha_job *)base;
+  hf_sha256(j->parts, j->lens, j->count, j->digest, &base->err);
+}
+
+static napi_value sha_done(napi_env env, job *base) {
+  sha_job *j = (sha_job *)base;
+  napi_value out;
+  void *dst;
+  CALL(env, napi_create_buffer_copy(env, 32, j->digest, &dst, &out));
+  return out;
+}
+
+static void sha_cleanup(job *base) {
+  sha_job *j = (sha_job *)base;
+  free(j->parts);
+  free(j->lens);
+}
+
+/* sha256(parts: Uint8Array[]) -> Promise<Buffer(32)> */
+static napi_value sha256_parts(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  bool is_arr = false;
+  uint32_t n = 0;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  if (napi_is_array(env, argv[0], &is_arr) != napi_ok || !is_arr) return invalid(env, "parts must be an array");
+  CALL(env, napi_get_array_length(env, argv[0], &n));
+  NEW_JOB(sha_job, j);
+  j->base.exec = sha_exec;
+  j->base.done = sha_done;
+  j->base.cleanup = sha_cleanup;
+  j->parts = calloc(n ? n : 1, sizeof *j->parts);
+  j->lens = calloc(n ? n : 1, sizeof *j->lens);
+  j->count = n;
+  if (!j->parts || !j->lens) {
+    job_release(env, &j->base);
+    return invalid(env, "out of memory");
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    uint8_t *p;
+    if (napi_get_element(env, argv[0], i, &el) != napi_ok || !get_bytes(env, el, &p, &j->lens[i])) {
+      job_release(env, &j->base);
+      return invalid(env, "parts must be Uint8Arrays");
+    }
+    j->parts[i] = p;
+    HOLD(env, j, el);
+  }
+  return job_start(env, &j->base, "holdfast:sha256");
+}
+
+/* ---------- file system ---------- */
+
+typedef struct fs_job {
+  job base;
+  hf_buf buf;
+  int64_t a_sec, a_nsec, m_sec, m_nsec;
+  bool nofollow;
+  uint32_t mode;
+  uint64_t dev;
+} fs_job;
+
+static void scandir_exec(job *base) {
+  fs_job *j = (fs_job *)base;
+  base->sys_errno = hf_scandir(base->path, &j->buf);
+}
+
+static napi_value scandir_done(napi_env env, job *base) {
+  fs_job *j = (fs_job *)base;
+  uint8_t *mem = j->buf.data;
+  j->buf.data = NULL;
+  return hand_over(env, mem, j->buf.len);
+}
+
+static void fs_cleanup(job *base) { free(((fs_job *)base)->buf.data); }
+
+static fs_job *new_fs_job(napi_env env, napi_value path, const char *syscall) {
+  uint8_t *p;
+  size_t n;
+  if (!get_bytes(env, path, &p, &n)) {
+    invalid(env, "path must be a Uint8Array");
+    return NULL;
+  }
+  fs_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    napi_throw_error(env, "HF_OUT_OF_MEMORY", "out of memory");
+    return NULL;
+  }
+  j->base.path = dup_path(p, n);
+  if (!j->base.path) {
+    free(j);
+    invalid(env, "path must be non-empty and free of NUL bytes");
+    return NULL;
+  }
+  j->base.syscall = syscall;
+  j->base.cleanup = fs_cleanup;
+  return j;
+}
+
+/* scandir(path: Uint8Array) -> Promise<Buffer> (see posix.h for the layout) */
+static napi_value scandir_entries(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  fs_job *j = new_fs_job(env, argv[0], "scandir");
+  if (!j) return NULL;
+  j->base.exec = scandir_exec;
+  j->base.done = scandir_done;
+  return job_start(env, &j->base, "holdfast:scandir");
+}
+
+static void times_exec(job *base) {
+  fs_job *j = (fs_job *)base;
+  base->sys_errno = hf_set_times(base->path, j->a_sec, (long)j->a_nsec, j->m_sec, (long)j->m_nsec, j->nofollow);
+}
+
+/* setTimes(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec, nofollow) -> Promise<void> */
+static napi_value set_times(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  if (!get_args(env, info, 6, argv)) return NULL;
+  fs_job *j = new_fs_job(env, argv[0], "utimensat");
+  if (!j) return NULL;
+  if (!get_i64(env, argv[1], &j->a_sec) || !get_i64(env, argv[2], &j->a_nsec) ||
+      !get_i64(env, argv[3], &j->m_sec) || !get_i64(env, argv[4], &j->m_nsec) ||
+      j->a_nsec < 0 || j->a_nsec > 999999999 || j->m_nsec < 0 || j->m_nsec > 999999999 ||
+      !get_bool(env, argv[5], &j->nofollow)) {
+    job_release(env, &j->base);
+    return invalid(env, "setTimes(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec, nofollow)");
+  }
+  j->base.exec = times_exec;
+  return job_start(env, &j->base, "holdfast:utimensat");
+}
+
+static void mknod_exec(job *base) {
+  fs_job *j = (fs_job *)base;
+  base->sys_errno = hf_make_node(base->path, j->mode, j->dev);
+}
+
+/* mknod(path, mode, dev) -> Promise<void> */
+static napi_value make_node(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int64_t dev;
+  if (!get_args(env, info, 3, argv)) return NULL;
+  fs_job *j = new_fs_job(env, argv[0], "mknod");
+  if (!j) return NULL;
+  if (!get_u32(env, argv[1], &j->mode) || !get_i64(env, argv[2], &dev) || dev < 0) {
+    job_release(env, &j->base);
+    return invalid(env, "mknod(path, mode, dev)");
+  }
+  j->dev = (uint64_t)dev;
+  j->base.exec = mknod_exec;
+  return job_start(env, &j->base, "holdfast:mknod");
+}
+
+/* ---------- module ---------- */
+
+static napi_value versions(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out, v;
+  CALL(env, napi_create_object(env, &out));
+  CALL(env, napi_create_string_utf8(env, ZSTD_versionString(), NAPI_AUTO_LENGTH, &v));
+  CALL(env, napi_set_named_property(env, out, "zstd", v));
+  CALL(env, napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &v));
+  CALL(env, napi_set_named_property(env, out, "openssl", v));
+  return out;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  napi_property_descriptor props[] = {
+      {"createChunker", NULL, create_chunker, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"chunkerUpdate", NULL, chunker_update, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"chunkerReset", NULL, chunker_reset, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"createSealer", NULL, create_sealer, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sealBlob", NULL, seal_blob, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sealData", NULL, seal_data, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"open", NULL, open_sealed, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sha256", NULL, sha256_parts, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"scandir", NULL, scandir_entries, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setTimes", NULL, set_times, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mknod", NULL, make_node, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"versions", NULL, versions, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}

@@ -1,0 +1,153 @@
+#define _GNU_SOURCE
+#include "posix.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+typedef struct name_ref {
+  char *name;
+  size_t len;
+} name_ref;
+
+static int cmp_names(const void *a, const void *b) {
+  const name_ref *x = a, *y = b;
+  size_t n = x->len < y->len ? x->len : y->len;
+  int c = memcmp(x->name, y->name, n);
+  if (c) return c;
+  return x->len < y->len ? -1 : x->len > y->len;
+}
+
+static int buf_reserve(hf_buf *b, size_t more) {
+  if (b->len + more <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 4096;
+  while (cap < b->len + more) cap *= 2;
+  uint8_t *p = realloc(b->data, cap);
+  if (!p) return ENOMEM;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Appends one record; the symlink target is read with readlinkat. */
+static int append_entry(hf_buf *out, int dfd, const name_ref *n) {
+  struct stat st;
+  int stat_errno = 0;
+  char target[4096];
+  ssize_t tlen = 0;
+  memset(&st, 0, sizeof st);
+  if (fstatat(dfd, n->name, &st, AT_SYMLINK_NOFOLLOW) != 0) stat_errno = errno;
+  if (!stat_errno && S_ISLNK(st.st_mode)) {
+    tlen = readlinkat(dfd, n->name, target, sizeof target);
+    if (tlen < 0 || (size_t)tlen == sizeof target) {
+      stat_errno = tlen < 0 ? errno : ENAMETOOLONG;
+      tlen = 0;
+    }
+  }
+  size_t rec = HF_SCAN_HEADER + n->len + (size_t)tlen;
+  size_t padded = (rec + 7) & ~(size_t)7;
+  int e = buf_reserve(out, padded);
+  if (e) return e;
+  uint8_t *p = out->data + out->len;
+  memset(p, 0, padded);
+  put32(p + 0, (uint32_t)n->len);
+  put32(p + 4, (uint32_t)stat_errno);
+  put32(p + 8, (uint32_t)st.st_mode);
+  put32(p + 12, (uint32_t)st.st_uid);
+  put32(p + 16, (uint32_t)st.st_gid);
+  put32(p + 20, (uint32_t)st.st_mtim.tv_nsec);
+  put32(p + 24, (uint32_t)st.st_ctim.tv_nsec);
+  put32(p + 28, (uint32_t)tlen);
+  put64(p + 32, (uint64_t)st.st_size);
+  put64(p + 40, (uint64_t)st.st_ino);
+  put64(p + 48, (uint64_t)st.st_dev);
+  put64(p + 56, (uint64_t)st.st_nlink);
+  put64(p + 64, (uint64_t)st.st_rdev);
+  put64(p + 72, (uint64_t)(int64_t)st.st_mtim.tv_sec);
+  put64(p + 80, (uint64_t)(int64_t)st.st_ctim.tv_sec);
+  put64(p + 88, (uint64_t)st.st_blocks);
+  memcpy(p + HF_SCAN_HEADER, n->name, n->len);
+  if (tlen) memcpy(p + HF_SCAN_HEADER + n->len, target, (size_t)tlen);
+  out->len += padded;
+  return 0;
+}
+
+int hf_scandir(const char *path, hf_buf *out) {
+  DIR *d = opendir(path);
+  name_ref *names = NULL;
+  size_t count = 0, cap = 0;
+  int e = 0;
+  if (!d) return errno;
+  for (;;) {
+    struct dirent *de;
+    errno = 0;
+    de = readdir(d);
+    if (!de) {
+      e = errno;
+      break;
+    }
+    if (de->d_name[0] == '.' &&
+        (de->d_name[1] == 0 || (de->d_name[1] == '.' && de->d_name[2] == 0)))
+      continue;
+    if (count == cap) {
+      size_t ncap = cap ? cap * 2 : 64;
+      name_ref *nn = realloc(names, ncap * sizeof *names);
+      if (!nn) {
+        e = ENOMEM;
+        break;
+      }
+      names = nn;
+      cap = ncap;
+    }
+    names[count].len = strlen(de->d_name);
+    names[count].name = strdup(de->d_name);
+    if (!names[count].name) {
+      e = ENOMEM;
+      break;
+    }
+    count++;
+  }
+  if (!e) {
+    qsort(names, count, sizeof *names, cmp_names);
+    e = buf_reserve(out, 8);
+    if (!e) {
+      put32(out->data, (uint32_t)count);
+      put32(out->data + 4, 0);
+      out->len = 8;
+    }
+    for (size_t i = 0; !e && i < count; i++) e = append_entry(out, dirfd(d), &names[i]);
+  }
+  for (size_t i = 0; i < count; i++) free(names[i].name);
+  free(names);
+  closedir(d);
+  return e;
+}
+
+int hf_set_times(const char *path, int64_t atime_sec, long atime_nsec, int64_t mtime_sec,
+                 long mtime_nsec, int nofollow) {
+  struct timespec ts[2];
+  ts[0].tv_sec = (time_t)atime_sec;
+  ts[0].tv_nsec = atime_nsec;
+  ts[1].tv_sec = (time_t)mtime_sec;
+  ts[1].tv_nsec = mtime_nsec;
+  if (utimensat(AT_FDCWD, path, ts, nofollow ? AT_SYMLINK_NOFOLLOW : 0) != 0) return errno;
+  return 0;
+}
+
+int hf_make_node(const char *path, uint32_t mode, uint64_t dev) {
+  if (mknod(path, (mode_t)mode, (dev_t)dev) != 0) return errno;
+  return 0;
+}

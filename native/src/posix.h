@@ -1,0 +1,39 @@
+/*
+ * File-system calls Node does not offer, or offers one entry at a time:
+ *  - hf_scandir: a directory's entries with their lstat and symlink targets
+ *    in one call (one threadpool job per directory instead of one per entry),
+ *    sorted by name bytes;
+ *  - hf_set_times: utimensat with nanoseconds (Node's utimes rounds to ~µs);
+ *  - hf_make_node: mknod for FIFOs and device nodes.
+ * Errors are errno values; no globals.
+ */
+#ifndef HF_POSIX_H
+#define HF_POSIX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Packed entry, little endian, 8-byte aligned records:
+ *   0 u32 name_len     4 i32 stat_errno (0 ok)   8 u32 st_mode    12 u32 uid
+ *  16 u32 gid         20 u32 mtime_nsec         24 u32 ctime_nsec 28 u32 target_len
+ *  32 u64 size        40 u64 ino                48 u64 dev        56 u64 nlink
+ *  64 u64 rdev        72 i64 mtime_sec          80 i64 ctime_sec  88 u64 blocks (512 B)
+ *  96 name bytes, then symlink target bytes, then zero padding to 8.
+ * Buffer: u32 count, u32 reserved, then the records. */
+#define HF_SCAN_HEADER 96u
+
+typedef struct hf_buf {
+  uint8_t *data;
+  size_t len;
+  size_t cap;
+} hf_buf;
+
+/* Returns 0 or an errno (of opendir/readdir, or ENOMEM). */
+int hf_scandir(const char *path, hf_buf *out);
+
+/* Returns 0 or an errno. */
+int hf_set_times(const char *path, int64_t atime_sec, long atime_nsec, int64_t mtime_sec,
+                 long mtime_nsec, int nofollow);
+int hf_make_node(const char *path, uint32_t mode, uint64_t dev);
+
+#endif
