@@ -10,6 +10,7 @@
  */
 import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { isMarkedAsUntransferable } from 'node:worker_threads';
 
 export { ReferenceChunker } from './reference-chunker.ts';
 
@@ -18,10 +19,15 @@ interface Binding {
   chunkerUpdate(chunker: object, data: Uint8Array, final: boolean): Promise<Buffer>;
   chunkerReset(chunker: object): void;
   createSealer(encKey: Uint8Array, idKey: Uint8Array, zstdLevel: number): object;
-  sealBlob(sealer: object, type: number, plain: Uint8Array, compress: boolean, id: Uint8Array | null): Promise<Buffer>;
-  sealData(sealer: object, aad: Uint8Array, plain: Uint8Array, compress: boolean): Promise<Buffer>;
-  open(sealer: object, aad: Uint8Array, sealed: Uint8Array, maxPlain: number, expectId: Uint8Array | null): Promise<[Buffer, boolean]>;
+  sealBound(n: number): number;
+  sealBlob(sealer: object, type: number, plain: Uint8Array, compress: boolean, id: Uint8Array | null, out: Uint8Array): Promise<number>;
+  sealData(sealer: object, aad: Uint8Array, plain: Uint8Array, compress: boolean, out: Uint8Array): Promise<number>;
+  open(sealer: object, aad: Uint8Array, sealed: Uint8Array, maxPlain: number, expectId: Uint8Array | null, out: Uint8Array | null): Promise<[Buffer | null, boolean]>;
   sha256(parts: Uint8Array[]): Promise<Buffer>;
+  createHasher(): object;
+  hasherUpdate(hasher: object, parts: Uint8Array[]): Promise<void>;
+  hasherDigest(hasher: object): Buffer;
+  readFile(path: Uint8Array, out: Uint8Array): Promise<number>;
   scandir(path: Uint8Array): Promise<Buffer>;
   setTimes(path: Uint8Array, aSec: number, aNsec: number, mSec: number, mNsec: number, nofollow: boolean): Promise<void>;
   mknod(path: Uint8Array, mode: number, dev: number): Promise<void>;
@@ -111,6 +117,11 @@ export class Chunker {
   }
 }
 
+/** Bytes sealBlob needs for a blob of n bytes: its id and the worst-case sealed size. */
+export function sealBlobSize(n: number): number {
+  return ID_LENGTH + native.sealBound(n);
+}
+
 /** A sealed blob with its id. */
 export interface SealedBlob {
   id: Buffer;
@@ -131,24 +142,38 @@ export class Sealer {
     this.#handle = native.createSealer(encKey, idKey, zstdLevel);
   }
 
-  /** Seals a blob under AAD = type || id; the id is computed when not given. */
-  async sealBlob(type: number, plain: Uint8Array, compress: boolean, id: Uint8Array | null): Promise<SealedBlob> {
-    const out = await native.sealBlob(this.#handle, type, plain, compress, id);
-    return { id: out.subarray(0, 32), sealed: out.subarray(32) };
+  /**
+   * Seals a blob under AAD = type || id; the id is computed when not given.
+   * The result views `out` when given (it must hold sealBlobSize(plain.length)
+   * bytes), else a fresh buffer.
+   */
+  async sealBlob(type: number, plain: Uint8Array, compress: boolean, id: Uint8Array | null, out?: Buffer): Promise<SealedBlob> {
+    out ??= Buffer.allocUnsafe(sealBlobSize(plain.length));
+    const n = await native.sealBlob(this.#handle, type, plain, compress, id, out);
+    return { id: out.subarray(0, ID_LENGTH), sealed: out.subarray(ID_LENGTH, n) };
   }
 
   /** Seals bytes under an arbitrary AAD (files: the AAD is their magic). */
-  sealData(aad: Uint8Array, plain: Uint8Array, compress: boolean): Promise<Buffer> {
-    return native.sealData(this.#handle, aad, plain, compress);
+  async sealData(aad: Uint8Array, plain: Uint8Array, compress: boolean): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(native.sealBound(plain.length));
+    return out.subarray(0, await native.sealData(this.#handle, aad, plain, compress, out));
   }
 
   /**
-   * Opens a sealed object. Rejects with HF_DECRYPT_FAILED (altered, wrong key or
-   * AAD), HF_DECOMPRESS_FAILED (bad frame or larger than maxPlain) or
-   * HF_BLOB_ID_MISMATCH (content is not what expectId names).
+   * Opens a sealed object of unknown size (at most maxPlain bytes). Rejects
+   * with HF_DECRYPT_FAILED (altered, wrong key or AAD), HF_DECOMPRESS_FAILED
+   * (bad frame, or too large) or HF_BLOB_ID_MISMATCH (content is not what
+   * expectId names).
    */
   async open(aad: Uint8Array, sealed: Uint8Array, maxPlain: number, expectId: Uint8Array | null): Promise<{ plain: Buffer; allZero: boolean }> {
-    const [plain, allZero] = await native.open(this.#handle, aad, sealed, maxPlain, expectId);
+    const [plain, allZero] = await native.open(this.#handle, aad, sealed, maxPlain, expectId, null);
+    return { plain: plain!, allZero };
+  }
+
+  /** Opens a sealed object whose plaintext is exactly `size` bytes into a fresh buffer (release() may free it). */
+  async openSized(aad: Uint8Array, sealed: Uint8Array, size: number, expectId: Uint8Array | null): Promise<{ plain: Buffer; allZero: boolean }> {
+    const plain = Buffer.allocUnsafe(size);
+    const [, allZero] = await native.open(this.#handle, aad, sealed, size, expectId, plain);
     return { plain, allZero };
   }
 }
@@ -156,6 +181,30 @@ export class Sealer {
 /** SHA-256 over the concatenation of parts, on the threadpool. */
 export function sha256(parts: Uint8Array[]): Promise<Buffer> {
   return native.sha256(parts);
+}
+
+/** Incremental SHA-256; one update at a time (await each). */
+export class Hasher {
+  readonly #handle = native.createHasher();
+
+  update(parts: Uint8Array[]): Promise<void> {
+    return native.hasherUpdate(this.#handle, parts);
+  }
+
+  /** The digest of everything so far; the hasher then starts over. */
+  digest(): Buffer {
+    return native.hasherDigest(this.#handle);
+  }
+}
+
+/**
+ * Reads a whole regular file into out in one threadpool job (open without
+ * following symlinks, O_NOATIME where permitted, read, close) and resolves
+ * with the bytes read. Rejects with the errno code; EINVAL when it is not a
+ * regular file, EFBIG when it holds more than out.length bytes.
+ */
+export function readFile(path: Uint8Array, out: Uint8Array): Promise<number> {
+  return native.readFile(path, out);
 }
 
 export interface ScanEntry {
@@ -228,6 +277,58 @@ export function mknod(path: Uint8Array, mode: number, dev: number): Promise<void
 
 export function versions(): { zstd: string; openssl: string } {
   return native.versions();
+}
+
+/**
+ * Frees the memory behind a buffer now rather than at some later garbage
+ * collection, by detaching its ArrayBuffer: every view of it becomes empty.
+ * Call only when nothing will touch the bytes again, and never before a
+ * native job that reads them has settled. Buffers in Node's shared
+ * allocation pool (small ones; the pool is marked untransferable) are left to
+ * the GC.
+ */
+export function release(buf: Uint8Array): void {
+  const ab = buf.buffer;
+  if (ab instanceof ArrayBuffer && !ab.detached && !isMarkedAsUntransferable(ab)) ab.transfer(0);
+}
+
+/**
+ * Reusable buffers of one size, so that the hot paths do not churn large
+ * allocations through malloc and the garbage collector. get() hands out a
+ * whole buffer; put() takes it (or any view of it) back. Beyond `keep` idle
+ * buffers, returned ones are freed at once.
+ */
+export class BufferPool {
+  readonly size: number;
+  readonly #keep: number;
+  readonly #idle: Buffer[] = [];
+  readonly #mine = new WeakSet<ArrayBuffer>();
+
+  constructor(size: number, keep: number) {
+    this.size = size;
+    this.#keep = keep;
+  }
+
+  get(): Buffer {
+    const b = this.#idle.pop();
+    if (b) return b;
+    const fresh = Buffer.allocUnsafeSlow(this.size);
+    this.#mine.add(fresh.buffer as ArrayBuffer);
+    return fresh;
+  }
+
+  /** Whether buf is (a view of) one of this pool's buffers. */
+  owns(buf: Uint8Array): boolean {
+    return buf.buffer instanceof ArrayBuffer && this.#mine.has(buf.buffer);
+  }
+
+  /** Takes back a buffer (or a view of one); nothing may use it afterwards. */
+  put(buf: Uint8Array): void {
+    const ab = buf.buffer as ArrayBuffer;
+    if (!this.#mine.has(ab) || ab.detached) return;
+    if (this.#idle.length < this.#keep) this.#idle.push(Buffer.from(ab, 0, this.size));
+    else release(buf);
+  }
 }
 
 function codeError(code: string, message: string): Error {

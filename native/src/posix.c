@@ -136,6 +136,44 @@ int hf_scandir(const char *path, hf_buf *out) {
   return e;
 }
 
+int hf_read_file(const char *path, uint8_t *buf, size_t cap, size_t *len) {
+  const int base = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+  struct stat st;
+  size_t got = 0;
+  int e = 0;
+  int fd = open(path, base | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = open(path, base);
+  if (fd < 0) return errno;
+  if (fstat(fd, &st) != 0) {
+    e = errno;
+    goto done;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    e = EINVAL;
+    goto done;
+  }
+  for (;;) {
+    uint8_t probe;
+    /* Read into the buffer; once it is full, one more byte tells growth from the end. */
+    ssize_t n = got < cap ? read(fd, buf + got, cap - got) : read(fd, &probe, 1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      e = errno;
+      goto done;
+    }
+    if (n == 0) break;
+    if (got == cap) {
+      e = EFBIG;
+      goto done;
+    }
+    got += (size_t)n;
+  }
+  *len = got;
+done:
+  close(fd);
+  return e;
+}
+
 int hf_set_times(const char *path, int64_t atime_sec, long atime_nsec, int64_t mtime_sec,
                  long mtime_nsec, int nofollow) {
   struct timespec ts[2];

@@ -31,6 +31,12 @@ typedef struct hf_buf {
 /* Returns 0 or an errno (of opendir/readdir, or ENOMEM). */
 int hf_scandir(const char *path, hf_buf *out);
 
+/* Reads a whole regular file into buf (cap bytes): open (O_NOFOLLOW,
+ * O_NONBLOCK, O_NOATIME when permitted), read to the end, close. Returns 0,
+ * an errno, EINVAL when it is not a regular file, or EFBIG when it holds
+ * more than cap bytes. */
+int hf_read_file(const char *path, uint8_t *buf, size_t cap, size_t *len);
+
 /* Returns 0 or an errno. */
 int hf_set_times(const char *path, int64_t atime_sec, long atime_nsec, int64_t mtime_sec,
                  long mtime_nsec, int nofollow);

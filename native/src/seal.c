@@ -33,8 +33,6 @@ typedef struct hf_ctx {
   EVP_CIPHER_CTX *enc;
   EVP_CIPHER_CTX *dec;
   EVP_MAC_CTX *mac;
-  uint8_t *scratch;
-  size_t scratch_cap;
 } hf_ctx;
 
 struct hf_sealer {
@@ -92,7 +90,6 @@ static void ctx_free(hf_ctx *c) {
   EVP_CIPHER_CTX_free(c->enc);
   EVP_CIPHER_CTX_free(c->dec);
   EVP_MAC_CTX_free(c->mac);
-  free(c->scratch);
   free(c);
 }
 
@@ -139,31 +136,11 @@ oom:
   return NULL;
 }
 
-/* Large scratch buffers (a huge tree) are not kept in the pool. */
-#define HF_SCRATCH_KEEP (8u << 20)
-
 static void ctx_release(hf_sealer *s, hf_ctx *c) {
-  if (c->scratch_cap > HF_SCRATCH_KEEP) {
-    free(c->scratch);
-    c->scratch = NULL;
-    c->scratch_cap = 0;
-  }
   pthread_mutex_lock(&s->lock);
   c->next = s->free_list;
   s->free_list = c;
   pthread_mutex_unlock(&s->lock);
-}
-
-static int scratch_reserve(hf_ctx *c, size_t n, hf_err *err) {
-  if (c->scratch_cap >= n) return 0;
-  free(c->scratch);
-  c->scratch = malloc(n);
-  c->scratch_cap = c->scratch ? n : 0;
-  if (!c->scratch) {
-    hf_set_err(err, "HF_OUT_OF_MEMORY", "cannot allocate %zu bytes", n);
-    return -1;
-  }
-  return 0;
 }
 
 static int mac_run(EVP_MAC_CTX *mac, const uint8_t *data, size_t n, uint8_t out[HF_ID_LEN]) {
@@ -201,51 +178,48 @@ static int gcm_update(EVP_CIPHER_CTX *x, int enc, uint8_t *out, const uint8_t *i
   return 1;
 }
 
+size_t hf_seal_bound(size_t n) {
+  size_t z = ZSTD_compressBound(n);
+  return HF_SEAL_OVERHEAD + (z > n ? z : n);
+}
+
 int hf_seal(hf_sealer *s, const uint8_t *aad, size_t aad_len, const uint8_t *plain, size_t n,
-            int compress, size_t front, uint8_t **out, size_t *out_len, hf_err *err) {
-  hf_ctx *c = ctx_acquire(s, err);
-  const uint8_t *payload = plain;
+            int compress, uint8_t *out, size_t out_cap, size_t *out_len, hf_err *err) {
+  hf_ctx *c;
   size_t payload_len = n;
   uint8_t encoding = 0;
-  uint8_t *mem = NULL, *buf;
+  uint8_t *payload = out + HF_NONCE_LEN + 1;
   int outl = 0;
+  if (out_cap < HF_SEAL_OVERHEAD + n) {
+    hf_set_err(err, "HF_INVALID_ARGUMENT", "output buffer of %zu bytes is too small", out_cap);
+    return -1;
+  }
+  c = ctx_acquire(s, err);
   if (!c) return -1;
+  /* Compressed straight into the output, then encrypted in place. */
   if (compress && n >= 64) {
-    size_t bound = ZSTD_compressBound(n);
-    if (scratch_reserve(c, bound, err)) goto fail;
-    size_t z = ZSTD_compressCCtx(c->zc, c->scratch, bound, plain, n, s->level);
+    size_t z = ZSTD_compressCCtx(c->zc, payload, out_cap - HF_SEAL_OVERHEAD, plain, n, s->level);
     /* Keep the frame only when it saves at least 1/32 of the blob. */
     if (!ZSTD_isError(z) && z < n - n / 32) {
-      payload = c->scratch;
       payload_len = z;
       encoding = 1;
     }
   }
-  mem = malloc(front + HF_SEAL_OVERHEAD + payload_len);
-  if (!mem) {
-    hf_set_err(err, "HF_OUT_OF_MEMORY", "cannot allocate %zu bytes", payload_len);
-    goto fail;
-  }
-  buf = mem + front;
-  if (RAND_bytes(buf, HF_NONCE_LEN) != 1 ||
-      !EVP_EncryptInit_ex2(c->enc, NULL, NULL, buf, NULL) ||
+  if (encoding == 0 && n) memcpy(payload, plain, n);
+  if (RAND_bytes(out, HF_NONCE_LEN) != 1 ||
+      !EVP_EncryptInit_ex2(c->enc, NULL, NULL, out, NULL) ||
       (aad_len && !gcm_update(c->enc, 1, NULL, aad, aad_len)) ||
-      !gcm_update(c->enc, 1, buf + HF_NONCE_LEN, &encoding, 1) ||
-      (payload_len && !gcm_update(c->enc, 1, buf + HF_NONCE_LEN + 1, payload, payload_len)) ||
-      !EVP_EncryptFinal_ex(c->enc, buf + HF_NONCE_LEN + 1 + payload_len, &outl) ||
-      !EVP_CIPHER_CTX_ctrl(c->enc, EVP_CTRL_GCM_GET_TAG, HF_TAG_LEN,
-                           buf + HF_NONCE_LEN + 1 + payload_len)) {
+      !gcm_update(c->enc, 1, out + HF_NONCE_LEN, &encoding, 1) ||
+      (payload_len && !gcm_update(c->enc, 1, payload, payload, payload_len)) ||
+      !EVP_EncryptFinal_ex(c->enc, payload + payload_len, &outl) ||
+      !EVP_CIPHER_CTX_ctrl(c->enc, EVP_CTRL_GCM_GET_TAG, HF_TAG_LEN, payload + payload_len)) {
+    ctx_release(s, c);
     hf_set_err(err, "HF_CRYPTO_FAILED", "AES-256-GCM encryption failed");
-    goto fail;
+    return -1;
   }
   ctx_release(s, c);
-  *out = mem;
   *out_len = HF_SEAL_OVERHEAD + payload_len;
   return 0;
-fail:
-  free(mem);
-  ctx_release(s, c);
-  return -1;
 }
 
 static int is_all_zero(const uint8_t *p, size_t n) {
@@ -253,61 +227,69 @@ static int is_all_zero(const uint8_t *p, size_t n) {
 }
 
 int hf_open(hf_sealer *s, const uint8_t *aad, size_t aad_len, const uint8_t *sealed, size_t n,
-            size_t max_plain, const uint8_t *expect_id, uint8_t **out, size_t *out_len,
-            int *all_zero, hf_err *err) {
+            size_t max_plain, const uint8_t *expect_id, uint8_t *out, size_t out_len,
+            uint8_t **alloc, size_t *plain_len, int *all_zero, hf_err *err) {
   hf_ctx *c;
-  size_t body;
-  uint8_t *result = NULL;
+  size_t payload_len;
+  uint8_t *frame = NULL, *mem = NULL, *result = NULL;
   size_t result_len = 0;
   uint8_t tag[HF_TAG_LEN];
+  uint8_t encoding = 0xff;
   int outl = 0;
   if (n < HF_SEAL_OVERHEAD) {
     hf_set_err(err, "HF_DECRYPT_FAILED", "sealed object is %zu bytes, shorter than its envelope", n);
     return -1;
   }
+  if (out) max_plain = out_len;
   c = ctx_acquire(s, err);
   if (!c) return -1;
-  body = n - HF_NONCE_LEN - HF_TAG_LEN; /* encoding byte + payload */
-  if (scratch_reserve(c, body, err)) goto fail;
+  payload_len = n - HF_SEAL_OVERHEAD;
   memcpy(tag, sealed + n - HF_TAG_LEN, HF_TAG_LEN);
   if (!EVP_DecryptInit_ex2(c->dec, NULL, NULL, sealed, NULL) ||
       (aad_len && !gcm_update(c->dec, 0, NULL, aad, aad_len)) ||
-      !gcm_update(c->dec, 0, c->scratch, sealed + HF_NONCE_LEN, body) ||
-      !EVP_CIPHER_CTX_ctrl(c->dec, EVP_CTRL_GCM_SET_TAG, HF_TAG_LEN, tag) ||
-      EVP_DecryptFinal_ex(c->dec, c->scratch + body, &outl) <= 0) {
-    hf_set_err(err, "HF_DECRYPT_FAILED",
-               "authentication failed: the data was altered or belongs elsewhere");
-    goto fail;
-  }
-  /* Authenticated from here on. */
-  if (c->scratch[0] == 0) {
-    result_len = body - 1;
-    if (result_len > max_plain) goto too_big;
-    if (result_len) {
-      result = malloc(result_len);
-      if (!result) goto oom;
-      memcpy(result, c->scratch + 1, result_len);
+      !gcm_update(c->dec, 0, &encoding, sealed + HF_NONCE_LEN, 1))
+    goto auth;
+  /* A raw payload is decrypted straight into its destination; a zstd frame
+   * into a temporary buffer. Nothing is used before the tag is verified. */
+  if (encoding == 0) {
+    if (payload_len > max_plain || (out && payload_len != out_len)) goto wrong_size;
+    result_len = payload_len;
+    if (out) result = out;
+    else if (payload_len) {
+      result = mem = malloc(payload_len);
+      if (!mem) goto oom;
     }
-  } else if (c->scratch[0] == 1) {
-    unsigned long long size = ZSTD_getFrameContentSize(c->scratch + 1, body - 1);
+    if (payload_len && !gcm_update(c->dec, 0, result, sealed + HF_NONCE_LEN + 1, payload_len)) goto auth;
+  } else {
+    frame = malloc(payload_len ? payload_len : 1);
+    if (!frame) goto oom;
+    if (payload_len && !gcm_update(c->dec, 0, frame, sealed + HF_NONCE_LEN + 1, payload_len)) goto auth;
+  }
+  if (!EVP_CIPHER_CTX_ctrl(c->dec, EVP_CTRL_GCM_SET_TAG, HF_TAG_LEN, tag) ||
+      EVP_DecryptFinal_ex(c->dec, tag, &outl) <= 0)
+    goto auth;
+  /* Authenticated from here on. */
+  if (encoding == 1) {
+    unsigned long long size = ZSTD_getFrameContentSize(frame, payload_len);
     if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR) {
       hf_set_err(err, "HF_DECOMPRESS_FAILED", "zstd frame without a valid content size");
       goto fail;
     }
-    if (size > max_plain) goto too_big;
+    if (size > max_plain || (out && size != out_len)) goto wrong_size;
     result_len = (size_t)size;
-    if (result_len) {
-      result = malloc(result_len);
-      if (!result) goto oom;
-      size_t z = ZSTD_decompressDCtx(c->zd, result, result_len, c->scratch + 1, body - 1);
-      if (ZSTD_isError(z) || z != result_len) {
-        hf_set_err(err, "HF_DECOMPRESS_FAILED", "zstd: %s",
-                   ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short frame");
-        goto fail;
-      }
+    if (out) result = out;
+    else if (result_len) {
+      result = mem = malloc(result_len);
+      if (!mem) goto oom;
     }
-  } else {
-    hf_set_err(err, "HF_DECOMPRESS_FAILED", "unknown encoding %u", c->scratch[0]);
+    size_t z = ZSTD_decompressDCtx(c->zd, result, result_len, frame, payload_len);
+    if (ZSTD_isError(z) || z != result_len) {
+      hf_set_err(err, "HF_DECOMPRESS_FAILED", "zstd: %s",
+                 ZSTD_isError(z) ? ZSTD_getErrorName(z) : "short frame");
+      goto fail;
+    }
+  } else if (encoding != 0) {
+    hf_set_err(err, "HF_DECOMPRESS_FAILED", "unknown encoding %u", encoding);
     goto fail;
   }
   if (expect_id) {
@@ -321,18 +303,24 @@ int hf_open(hf_sealer *s, const uint8_t *aad, size_t aad_len, const uint8_t *sea
       goto fail;
     }
   }
+  free(frame);
   ctx_release(s, c);
-  *out = result;
-  *out_len = result_len;
+  if (alloc) *alloc = mem;
+  *plain_len = result_len;
   *all_zero = is_all_zero(result, result_len);
   return 0;
-too_big:
-  hf_set_err(err, "HF_DECOMPRESS_FAILED", "plaintext larger than the %zu bytes allowed", max_plain);
+auth:
+  hf_set_err(err, "HF_DECRYPT_FAILED", "authentication failed: the data was altered or belongs elsewhere");
+  goto fail;
+wrong_size:
+  hf_set_err(err, "HF_DECOMPRESS_FAILED", out ? "plaintext is not the %zu bytes expected" : "plaintext larger than the %zu bytes allowed",
+             max_plain);
   goto fail;
 oom:
-  hf_set_err(err, "HF_OUT_OF_MEMORY", "cannot allocate %zu bytes", result_len);
+  hf_set_err(err, "HF_OUT_OF_MEMORY", "out of memory");
 fail:
-  free(result);
+  free(frame);
+  free(mem);
   ctx_release(s, c);
   return -1;
 }
@@ -374,6 +362,51 @@ int hf_mac_end(hf_mac *m, uint8_t out[HF_ID_LEN], hf_err *err) {
   if (EVP_MAC_final(m->ctx, out, &outl, HF_ID_LEN) && outl == HF_ID_LEN) return 0;
   hf_set_err(err, "HF_CRYPTO_FAILED", "HMAC-SHA-256 final failed");
   return -1;
+}
+
+struct hf_hasher {
+  EVP_MD *md;
+  EVP_MD_CTX *ctx;
+};
+
+hf_hasher *hf_hasher_new(hf_err *err) {
+  hf_hasher *h = calloc(1, sizeof *h);
+  if (h) {
+    h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    h->ctx = EVP_MD_CTX_new();
+  }
+  if (!h || !h->md || !h->ctx || !EVP_DigestInit_ex2(h->ctx, h->md, NULL)) {
+    hf_hasher_free(h);
+    hf_set_err(err, "HF_CRYPTO_FAILED", "cannot set up SHA-256");
+    return NULL;
+  }
+  return h;
+}
+
+void hf_hasher_free(hf_hasher *h) {
+  if (!h) return;
+  EVP_MD_CTX_free(h->ctx);
+  EVP_MD_free(h->md);
+  free(h);
+}
+
+int hf_hasher_update(hf_hasher *h, const uint8_t *const *parts, const size_t *lens, size_t count, hf_err *err) {
+  for (size_t i = 0; i < count; i++) {
+    if (lens[i] && !EVP_DigestUpdate(h->ctx, parts[i], lens[i])) {
+      hf_set_err(err, "HF_CRYPTO_FAILED", "SHA-256 update failed");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int hf_hasher_final(hf_hasher *h, uint8_t out[32], hf_err *err) {
+  unsigned int outl = 0;
+  if (!EVP_DigestFinal_ex(h->ctx, out, &outl) || outl != 32 || !EVP_DigestInit_ex2(h->ctx, h->md, NULL)) {
+    hf_set_err(err, "HF_CRYPTO_FAILED", "SHA-256 final failed");
+    return -1;
+  }
+  return 0;
 }
 
 int hf_sha256(const uint8_t *const *parts, const size_t *lens, size_t count, uint8_t out[32],

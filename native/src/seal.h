@@ -38,19 +38,22 @@ void hf_sealer_free(hf_sealer *s);
 /* HMAC-SHA-256(id_key, data). */
 int hf_sealer_id(hf_sealer *s, const uint8_t *data, size_t n, uint8_t out[HF_ID_LEN], hf_err *err);
 
-/* Seals plain under aad. On success *out is malloc'd (caller frees) with
- * `front` unused bytes before the sealed object, which starts at
- * (*out + front) and is *out_len bytes long. */
-int hf_seal(hf_sealer *s, const uint8_t *aad, size_t aad_len, const uint8_t *plain,
-            size_t n, int compress, size_t front, uint8_t **out, size_t *out_len, hf_err *err);
+/* Bytes a sealed object of n plaintext bytes may need (compression included). */
+size_t hf_seal_bound(size_t n);
 
-/* Opens sealed under aad; the plaintext may not exceed max_plain bytes. When
- * expect_id is not NULL the plaintext's HMAC must equal it. On success *out is
- * malloc'd (caller frees; may be NULL when *out_len is 0) and *all_zero says
+/* Seals plain under aad into out (out_cap >= HF_SEAL_OVERHEAD + n; the bound
+ * lets compression be tried). out must not overlap plain. */
+int hf_seal(hf_sealer *s, const uint8_t *aad, size_t aad_len, const uint8_t *plain,
+            size_t n, int compress, uint8_t *out, size_t out_cap, size_t *out_len, hf_err *err);
+
+/* Opens sealed under aad. With out != NULL the plaintext must be exactly
+ * out_len bytes and is written there; otherwise it may be up to max_plain
+ * bytes and *alloc is malloc'd (caller frees; NULL when empty). When
+ * expect_id is not NULL the plaintext's HMAC must equal it. *all_zero says
  * whether every byte is zero. */
 int hf_open(hf_sealer *s, const uint8_t *aad, size_t aad_len, const uint8_t *sealed,
-            size_t n, size_t max_plain, const uint8_t *expect_id, uint8_t **out,
-            size_t *out_len, int *all_zero, hf_err *err);
+            size_t n, size_t max_plain, const uint8_t *expect_id, uint8_t *out, size_t out_len,
+            uint8_t **alloc, size_t *plain_len, int *all_zero, hf_err *err);
 
 /* An incremental HMAC for the chunker: one per chunker instance. */
 typedef struct hf_mac hf_mac;
@@ -59,6 +62,14 @@ void hf_mac_free(hf_mac *m);
 int hf_mac_begin(hf_mac *m, hf_err *err);
 int hf_mac_update(hf_mac *m, const uint8_t *data, size_t n, hf_err *err);
 int hf_mac_end(hf_mac *m, uint8_t out[HF_ID_LEN], hf_err *err);
+
+/* An incremental SHA-256 (pack ids are digests of whole packs, written in pieces). */
+typedef struct hf_hasher hf_hasher;
+hf_hasher *hf_hasher_new(hf_err *err);
+void hf_hasher_free(hf_hasher *h);
+int hf_hasher_update(hf_hasher *h, const uint8_t *const *parts, const size_t *lens, size_t count, hf_err *err);
+/* Writes the digest and starts over. */
+int hf_hasher_final(hf_hasher *h, uint8_t out[32], hf_err *err);
 
 /* SHA-256 over the concatenation of parts. */
 int hf_sha256(const uint8_t *const *parts, const size_t *lens, size_t count,

@@ -1,0 +1,467 @@
+import { BufferPool, type Chunker, release } from '../../native/index.ts';
+import { HoldfastError, errorCode } from '../errors/index.ts';
+import { type BlobId, BlobType, type Repository, type RepositoryWriter, blobIdOf } from '../repository/index.ts';
+import {
+  type TreeNode, decodeTree, displayName, encodeTree, sameNode,
+} from '../snapshot/index.ts';
+import { type Source, type SourceStat, joinPath } from '../sources/index.ts';
+import { Semaphore } from './limits.ts';
+
+/** Files read at once; files larger than SMALL_READ also take one of LARGE_FILES slots. */
+const FILES_IN_FLIGHT = 8;
+const LARGE_FILES = 2;
+/** Read buffers: a small file in one, a large file in pieces of LARGE_READ. */
+const SMALL_READ = 1 << 20;
+const LARGE_READ = 4 << 20;
+/** Plaintext bytes handed to sealing and not yet packed. Reading waits beyond this. */
+const SEAL_BUDGET = 8 << 20;
+
+export type WarningCode = 'HF_WARN_UNREADABLE' | 'HF_WARN_VANISHED' | 'HF_WARN_CHANGED' | 'HF_WARN_SOURCE';
+
+/** Something skipped or odd in the source; the backup goes on. */
+export interface BackupWarning {
+  path: string;
+  code: WarningCode;
+  message: string;
+}
+
+export interface ArchiveStats {
+  files: number;
+  dirs: number;
+  filesRead: number;
+  filesUnchanged: number;
+  bytesRead: number;
+}
+
+interface Listing {
+  id: BlobId;
+  nodes: TreeNode[];
+  byName: Map<string, TreeNode>;
+}
+
+interface TrieNode {
+  name: Buffer;
+  target: boolean;
+  children: Map<string, TrieNode>;
+}
+
+const EMPTY = Buffer.alloc(0);
+const ROOT = Buffer.from('/');
+
+/**
+ * A read buffer and the count of its users (the read loop, chunks being
+ * sealed, a carried tail). The last user hands it back to its pool, or frees
+ * it at once, instead of leaving it to the garbage collector: the backup's
+ * memory stays flat.
+ */
+class Held {
+  readonly buf: Buffer;
+  readonly #pool: BufferPool | null;
+  #users = 1;
+
+  constructor(buf: Buffer, pool: BufferPool | null) {
+    this.buf = buf;
+    this.#pool = pool?.owns(buf) ? pool : null;
+  }
+
+  retain(): this {
+    this.#users++;
+    return this;
+  }
+
+  drop(): void {
+    if (--this.#users > 0) return;
+    if (this.#pool) this.#pool.put(this.buf);
+    else release(this.buf);
+  }
+}
+
+/** Builds the tree of directories leading to the paths to back up. */
+function buildTrie(paths: readonly string[]): TrieNode {
+  const root: TrieNode = { name: EMPTY, target: false, children: new Map() };
+  for (const p of paths) {
+    let node = root;
+    for (const part of p.split('/').filter(Boolean)) {
+      const name = Buffer.from(part, 'utf8');
+      const key = name.toString('latin1');
+      let next = node.children.get(key);
+      if (!next) {
+        next = { name, target: false, children: new Map() };
+        node.children.set(key, next);
+      }
+      node = next;
+    }
+    node.target = true;
+  }
+  return root;
+}
+
+/** Unchanged since the parent: same size, mtime, ctime and file id. */
+function reusable(e: SourceStat, p: TreeNode | null): p is TreeNode {
+  return p !== null && p.type === 'file' && p.content !== undefined && p.size === e.size &&
+    p.mtime[0] === e.mtime[0] && p.mtime[1] === e.mtime[1] && p.ctime[0] === e.ctime[0] && p.ctime[1] === e.ctime[1] &&
+    p.inode === e.inode;
+}
+
+function nodeOf(name: Buffer, e: SourceStat, extra: Partial<TreeNode>): TreeNode {
+  const n: TreeNode = {
+    name, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, ctime: e.ctime,
+    size: e.type === 'file' ? e.size : 0, inode: e.inode, device: e.device, links: e.links,
+    ...extra,
+  };
+  if (e.type === 'symlink') n.target = e.target ?? EMPTY;
+  if (e.type === 'chardev' || e.type === 'blockdev') n.rdev = e.rdev;
+  return n;
+}
+
+function warningCode(err: unknown): WarningCode {
+  const c = errorCode(err);
+  if (c === 'EACCES' || c === 'EPERM') return 'HF_WARN_UNREADABLE';
+  if (c === 'ENOENT' || c === 'ENOTDIR' || c === 'ELOOP') return 'HF_WARN_VANISHED';
+  return 'HF_WARN_SOURCE';
+}
+
+/**
+ * Walks a source and stores what changed. Directories are walked depth
+ * first, one listing at a time; files are read and chunked concurrently
+ * (FILES_IN_FLIGHT), and reading waits while SEAL_BUDGET bytes are queued for
+ * sealing. A file unchanged since the parent snapshot reuses its chunk list
+ * unread; a directory whose listing equals the parent's reuses its tree.
+ * Source problems become warnings; repository failures abort.
+ */
+export class Archiver {
+  readonly stats: ArchiveStats = { files: 0, dirs: 0, filesRead: 0, filesUnchanged: 0, bytesRead: 0 };
+  readonly warnings: BackupWarning[] = [];
+  readonly #repo: Repository;
+  readonly #writer: RepositoryWriter;
+  readonly #source: Source;
+  readonly #force: boolean;
+  readonly #signal: AbortSignal | undefined;
+  readonly #onWarning: ((w: BackupWarning) => void) | undefined;
+  readonly #fileSlots = new Semaphore(FILES_IN_FLIGHT);
+  readonly #largeSlots = new Semaphore(LARGE_FILES);
+  readonly #sealBudget = new Semaphore(SEAL_BUDGET);
+  readonly #smallReads = new BufferPool(SMALL_READ, FILES_IN_FLIGHT);
+  readonly #largeReads = new BufferPool(LARGE_READ, LARGE_FILES);
+  readonly #chunkers: Chunker[] = [];
+  readonly #hardlinks = new Map<string, Promise<BlobId[] | null>>();
+  readonly #tasks = new Set<Promise<unknown>>();
+  #failure: unknown = null;
+
+  constructor(repo: Repository, writer: RepositoryWriter, source: Source, options: {
+    force?: boolean; signal?: AbortSignal; onWarning?: (w: BackupWarning) => void;
+  } = {}) {
+    this.#repo = repo;
+    this.#writer = writer;
+    this.#source = source;
+    this.#force = options.force ?? false;
+    this.#signal = options.signal;
+    this.#onWarning = options.onWarning;
+  }
+
+  /** Archives the paths (absolute) and returns the root tree id. */
+  async run(paths: readonly string[], parentRoot: BlobId | null): Promise<BlobId> {
+    try {
+      const trie = buildTrie(paths);
+      return trie.target
+        ? await this.#dir(ROOT, parentRoot)
+        : await this.#intermediate(ROOT, trie, parentRoot);
+    } catch (err) {
+      this.#failure ??= err;
+      throw err;
+    } finally {
+      // Nothing may still be writing when the caller flushes or gives up.
+      await Promise.allSettled([...this.#tasks]);
+    }
+  }
+
+  #warn(path: Buffer, err: unknown, code: WarningCode = warningCode(err), message?: string): void {
+    const w: BackupWarning = {
+      path: displayName(path),
+      code,
+      message: message ?? (err instanceof Error ? err.message : String(err)),
+    };
+    this.warnings.push(w);
+    this.#onWarning?.(w);
+  }
+
+  #checkAbort(): void {
+    if (this.#failure) throw this.#failure;
+    if (this.#signal?.aborted) {
+      throw new HoldfastError('HF_INTERRUPTED',
+        'backup interrupted; what was stored is kept and the next backup reuses it');
+    }
+  }
+
+  async #parentListing(id: BlobId | null | undefined, path: Buffer): Promise<Listing | null> {
+    if (!id || this.#force) return null;
+    try {
+      const nodes = decodeTree(await this.#repo.loadBlob(id), `parent tree of ${displayName(path)}`);
+      return { id, nodes, byName: new Map(nodes.map((n) => [n.name.toString('latin1'), n])) };
+    } catch (err) {
+      this.#warn(path, err, 'HF_WARN_SOURCE', `parent snapshot's tree unreadable, reading everything here: ${(err as Error).message}`);
+      return null;
+    }
+  }
+
+  async #saveTree(nodes: TreeNode[], parent: Listing | null): Promise<BlobId> {
+    if (parent && parent.nodes.length === nodes.length && nodes.every((n, i) => sameNode(n, parent.nodes[i]!))) {
+      return parent.id;
+    }
+    const { id } = await this.#writer.saveBlob(BlobType.tree, encodeTree(nodes), null);
+    return id;
+  }
+
+  /** A directory on the way to a path being backed up: only the chosen children. */
+  async #intermediate(path: Buffer, trie: TrieNode, parentTree: BlobId | null): Promise<BlobId> {
+    const parent = await this.#parentListing(parentTree, path);
+    const children = [...trie.children.values()].sort((a, b) => Buffer.compare(a.name, b.name));
+    const nodes: (TreeNode | Promise<TreeNode | null> | null)[] = [];
+    for (const child of children) {
+      this.#checkAbort();
+      const childPath = joinPath(path, child.name);
+      const pnode = parent?.byName.get(child.name.toString('latin1')) ?? null;
+      let st: SourceStat;
+      try {
+        st = await this.#source.stat(childPath);
+      } catch (err) {
+        this.#warn(childPath, err);
+        continue;
+      }
+      if (child.target) {
+        nodes.push((await this.#start(childPath, child.name, st, pnode)).node);
+      } else if (st.type === 'dir') {
+        this.stats.dirs++;
+        const subtree = await this.#intermediate(childPath, child, pnode?.type === 'dir' ? pnode.subtree! : null);
+        nodes.push(nodeOf(child.name, st, { subtree }));
+      } else {
+        this.#warn(childPath, null, 'HF_WARN_VANISHED', 'not a directory, so the paths below it were not backed up');
+      }
+    }
+    return this.#saveTree(await this.#settle(nodes), parent);
+  }
+
+  async #settle(nodes: (TreeNode | Promise<TreeNode | null> | null)[]): Promise<TreeNode[]> {
+    const done = await Promise.all(nodes);
+    this.#checkAbort();
+    return done.filter((n): n is TreeNode => n !== null);
+  }
+
+  async #dir(path: Buffer, parentTree: BlobId | null): Promise<BlobId> {
+    let listing;
+    try {
+      listing = await this.#source.list(path);
+    } catch (err) {
+      this.#warn(path, err, warningCode(err), `directory not read: ${(err as Error).message}`);
+      return this.#saveTree([], null);
+    }
+    for (const p of listing.problems) this.#warn(joinPath(path, p.name), p.error);
+    const parent = await this.#parentListing(parentTree, path);
+    const nodes: (TreeNode | Promise<TreeNode | null> | null)[] = [];
+    for (const e of listing.entries) {
+      this.#checkAbort();
+      const pnode = parent?.byName.get(e.name.toString('latin1')) ?? null;
+      nodes.push((await this.#start(joinPath(path, e.name), e.name, e, pnode)).node);
+    }
+    return this.#saveTree(await this.#settle(nodes), parent);
+  }
+
+  /**
+   * Starts one entry. Directories are finished before this resolves (depth
+   * first); a file resolves once it has a reading slot, its node later.
+   */
+  async #start(path: Buffer, name: Buffer, e: SourceStat, pnode: TreeNode | null): Promise<{ node: TreeNode | null | Promise<TreeNode | null> }> {
+    if (e.type === 'dir') {
+      this.stats.dirs++;
+      const subtree = await this.#dir(path, pnode?.type === 'dir' ? pnode.subtree! : null);
+      return { node: nodeOf(name, e, { subtree }) };
+    }
+    if (e.type !== 'file') return { node: nodeOf(name, e, {}) };
+    this.stats.files++;
+    if (!this.#force && reusable(e, pnode)) {
+      this.stats.filesUnchanged++;
+      return { node: nodeOf(name, e, { content: pnode.content! }) };
+    }
+    await this.#fileSlots.acquire();
+    const large = e.size > SMALL_READ;
+    if (large) await this.#largeSlots.acquire();
+    const task = this.#file(path, name, e).finally(() => {
+      this.#fileSlots.release();
+      if (large) this.#largeSlots.release();
+      this.#tasks.delete(task);
+    });
+    this.#tasks.add(task);
+    task.catch((err: unknown) => { this.#failure ??= err; });
+    return { node: task };
+  }
+
+  async #file(path: Buffer, name: Buffer, e: SourceStat): Promise<TreeNode | null> {
+    let settleLink: ((c: BlobId[] | null) => void) | null = null;
+    if (e.links > 1) {
+      const key = `${e.device}:${e.inode}`;
+      const first = this.#hardlinks.get(key);
+      if (first) {
+        const content = await first;
+        if (content) return nodeOf(name, e, { content });
+      } else {
+        this.#hardlinks.set(key, new Promise((resolve) => { settleLink = resolve; }));
+      }
+    }
+    let result: { content: BlobId[]; size: number } | null = null;
+    try {
+      result = await this.#readFile(path, e);
+    } finally {
+      (settleLink as ((c: BlobId[] | null) => void) | null)?.(result?.content ?? null);
+    }
+    if (!result) return null;
+    this.stats.filesRead++;
+    return nodeOf(name, e, { content: result.content, size: result.size });
+  }
+
+  /**
+   * Reads, chunks and stores one file; null when the source failed (a
+   * warning). A file shorter than the minimum chunk size is one chunk by
+   * definition: it skips the chunker, and its id is computed in the same
+   * threadpool job that seals it.
+   */
+  async #readFile(path: Buffer, e: SourceStat): Promise<{ content: BlobId[]; size: number } | null> {
+    const minSize = this.#repo.config.chunker.minSize;
+    let chunker: Chunker | null = null;
+    const content: BlobId[] = [];
+    const stores: Promise<unknown>[] = [];
+    let head: Held[] = [];
+    let headLen = 0;
+    let carry: { held: Held; view: Buffer }[] = [];
+    let carryLen = 0;
+    let total = 0;
+    let sourceError: unknown = null;
+    let clean = false;
+    /** Stores one chunk (data lies in held); id null: computed while sealing. */
+    const store = async (id: BlobId | null, data: Buffer, held: Held) => {
+      const slot = content.length;
+      content.push(id as BlobId);
+      if (id !== null && this.#writer.known(id)) return;
+      await this.#sealBudget.acquire(data.length);
+      held.retain();
+      stores.push(this.#writer.saveBlob(BlobType.data, data, id)
+        .then((r) => { content[slot] = r.id; })
+        .finally(() => {
+          this.#sealBudget.release(data.length);
+          held.drop();
+        }));
+    };
+    /** One buffer holding all of parts (the parts are dropped). */
+    const join = (parts: Held[], length: number): Held => {
+      if (parts.length === 1) return parts[0]!;
+      const joined = new Held(Buffer.concat(parts.map((p) => p.buf), length), null);
+      for (const p of parts) p.drop();
+      return joined;
+    };
+    const pool = e.size <= SMALL_READ ? this.#smallReads : this.#largeReads;
+    const it = this.#source.read(path, e.size, pool)[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        this.#checkAbort();
+        let r: IteratorResult<Buffer>;
+        try {
+          r = await it.next();
+        } catch (err) {
+          sourceError = err;
+          break;
+        }
+        if (r.done) break;
+        total += r.value.length;
+        this.stats.bytesRead += r.value.length;
+        let piece = new Held(r.value, pool);
+        if (chunker === null) {
+          head.push(piece);
+          headLen += piece.buf.length;
+          if (headLen < minSize) continue;
+          piece = join(head, headLen);
+          head = [];
+          chunker = this.#chunkers.pop() ?? this.#repo.chunker();
+        }
+        const buf = piece.buf;
+        const chunks = await chunker.update(buf, false);
+        let off = 0;
+        for (const c of chunks) {
+          const need = c.length - carryLen;
+          if (carryLen === 0) {
+            await store(blobIdOf(c.id), buf.subarray(off, off + need), piece);
+          } else {
+            const joined = new Held(Buffer.concat([...carry.map((x) => x.view), buf.subarray(off, off + need)], c.length), null);
+            for (const x of carry) x.held.drop();
+            await store(blobIdOf(c.id), joined.buf, joined);
+            joined.drop();
+          }
+          off += need;
+          carry = [];
+          carryLen = 0;
+        }
+        if (off < buf.length) {
+          carry.push({ held: piece.retain(), view: buf.subarray(off) });
+          carryLen += buf.length - off;
+        }
+        piece.drop();
+      }
+      if (!sourceError) {
+        if (chunker) {
+          const [last] = await chunker.update(EMPTY, true);
+          if (last) {
+            let tail: { held: Held; view: Buffer };
+            if (carry.length === 1) {
+              tail = carry[0]!;
+            } else {
+              const joined = new Held(Buffer.concat(carry.map((x) => x.view), carryLen), null);
+              for (const x of carry) x.held.drop();
+              tail = { held: joined, view: joined.buf };
+            }
+            await store(blobIdOf(last.id), tail.view, tail.held);
+            tail.held.drop();
+            carry = [];
+          }
+        } else if (headLen > 0) {
+          const whole = join(head, headLen);
+          await store(null, whole.buf, whole);
+          whole.drop();
+          head = [];
+        }
+        clean = true;
+      }
+    } finally {
+      if (!clean) {
+        chunker?.reset();
+        if (!sourceError) await it.return?.(undefined).catch(() => undefined); // closes the file
+      }
+      if (chunker) this.#chunkers.push(chunker);
+      // Chunks already handed over are valid blobs either way; their failure is fatal.
+      await Promise.all(stores);
+    }
+    if (sourceError) {
+      this.#warn(path, sourceError, warningCode(sourceError), `file not backed up: ${describeSourceError(sourceError)}`);
+      return null;
+    }
+    if (total !== e.size) {
+      this.#warn(path, null, 'HF_WARN_CHANGED',
+        `file changed while being read (listed with ${e.size} bytes, read ${total}); stored as read`);
+    }
+    return { content, size: total };
+  }
+}
+
+/** A source failure in words an admin can act on. */
+function describeSourceError(err: unknown): string {
+  switch (errorCode(err)) {
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied (give the backup user read access, or run it as root)';
+    case 'ENOENT':
+      return 'it was deleted while the backup ran';
+    case 'ELOOP':
+      return 'it was replaced by a symlink while the backup ran';
+    case 'EINVAL':
+      return 'it is no longer a regular file';
+    default:
+      return err instanceof Error ? err.message : String(err);
+  }
+}

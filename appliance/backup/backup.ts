@@ -1,0 +1,143 @@
+import os from 'node:os';
+import path from 'node:path';
+
+import { HoldfastError, hasCode } from '../errors/index.ts';
+import { type BlobId, type Repository, type RepositoryWriter, type SnapshotId, shortId } from '../repository/index.ts';
+import { type Snapshot, type SnapshotEntry, listSnapshots, saveSnapshot } from '../snapshot/index.ts';
+import { LocalStorage } from '../storage/index.ts';
+import type { Source } from '../sources/index.ts';
+import { type ArchiveStats, Archiver, type BackupWarning } from './archiver.ts';
+
+export const PROGRAM = 'holdfast 0.1.0';
+
+export interface BackupOptions {
+  /** Absolute paths in the source. */
+  paths: string[];
+  tags?: string[];
+  host?: string;
+  /** undefined: the latest snapshot of the same host and paths; null: none. */
+  parent?: SnapshotId | null;
+  /** Read every file, ignoring the parent's metadata. */
+  force?: boolean;
+  signal?: AbortSignal;
+  onWarning?: (w: BackupWarning) => void;
+  /** Receives live counters once, at the start (for progress display). */
+  onStart?: (live: { archive: ArchiveStats; writer: RepositoryWriter['stats'] }) => void;
+  command?: string;
+}
+
+export interface BackupResult {
+  id: SnapshotId;
+  snapshot: Snapshot;
+  warnings: BackupWarning[];
+  /** Packs left by an interrupted backup that this one took into the index. */
+  adopted: { packs: number; blobs: number };
+}
+
+/** Normalizes the paths to back up: absolute, no trailing slash, no duplicates. */
+export function normalizePaths(paths: readonly string[]): string[] {
+  if (paths.length === 0) throw new HoldfastError('HF_USAGE', 'name at least one path to back up');
+  const out = new Set<string>();
+  for (const p of paths) {
+    if (!path.posix.isAbsolute(p)) {
+      throw new HoldfastError('HF_INVALID_ARGUMENT', `${p} is not an absolute path`);
+    }
+    out.add(path.posix.normalize(p).replace(/(.)\/+$/, '$1'));
+  }
+  return [...out].sort();
+}
+
+function chooseParent(all: readonly SnapshotEntry[], host: string, paths: readonly string[]): SnapshotEntry | null {
+  const key = [...paths].sort().join('\0');
+  for (let i = all.length - 1; i >= 0; i--) {
+    const s = all[i]!.snapshot;
+    if (s.host === host && [...s.paths].sort().join('\0') === key) return all[i]!;
+  }
+  return null;
+}
+
+/**
+ * Backs up paths from a source into the repository and writes a snapshot.
+ * Holds the append lock throughout. Blobs go to packs first, then index
+ * files, then the snapshot (docs/DESIGN.md, "Write order"), so a crash at any
+ * point leaves a valid repository, and the next backup reuses every pack that
+ * was completely written (it adopts packs no index lists yet).
+ */
+export async function backup(repo: Repository, source: Source, options: BackupOptions): Promise<BackupResult> {
+  const started = performance.now();
+  const paths = normalizePaths(options.paths);
+  for (const p of paths) {
+    try {
+      await source.stat(Buffer.from(p, 'utf8'));
+    } catch (cause) {
+      throw new HoldfastError('HF_SOURCE_NOT_FOUND',
+        `cannot back up ${p} from ${source.location}: ${(cause as Error).message}; check the path`, { cause });
+    }
+  }
+  const host = options.host ?? os.hostname();
+  const lock = await repo.lock('append', options.command ?? 'holdfast backup');
+  let writer: RepositoryWriter | null = null;
+  try {
+    await repo.loadIndex();
+    writer = repo.writer();
+    if (repo.storage instanceof LocalStorage) await repo.storage.clearTemporary();
+    const adopted = await writer.adoptUnindexedPacks();
+    const warnings: BackupWarning[] = [];
+    for (const u of adopted.unreadable) {
+      warnings.push({ path: `pack ${shortId(u.pack)}`, code: 'HF_WARN_SOURCE', message: `unreadable pack left in the repository: ${u.error.message}` });
+    }
+    const { snapshots } = await listSnapshots(repo);
+    let parent: SnapshotEntry | null = null;
+    if (options.parent !== null) {
+      parent = options.parent === undefined
+        ? chooseParent(snapshots, host, paths)
+        : snapshots.find((s) => s.id === options.parent) ?? null;
+    }
+    const archiver = new Archiver(repo, writer, source, {
+      force: options.force ?? false,
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.onWarning ? { onWarning: options.onWarning } : {}),
+    });
+    options.onStart?.({ archive: archiver.stats, writer: writer.stats });
+    const tree: BlobId = await archiver.run(paths, parent?.snapshot.tree ?? null);
+    await writer.flush();
+    warnings.push(...archiver.warnings);
+    const a = archiver.stats;
+    const w = writer.stats;
+    const snapshot: Snapshot = {
+      version: 1,
+      time: new Date().toISOString(),
+      host,
+      username: os.userInfo().username,
+      paths,
+      tags: options.tags ?? [],
+      tree,
+      parent: parent?.id ?? null,
+      source: { kind: source.kind, location: source.location },
+      stats: {
+        files: a.files,
+        dirs: a.dirs,
+        filesRead: a.filesRead,
+        filesUnchanged: a.filesUnchanged,
+        bytesRead: a.bytesRead,
+        bytesAdded: w.bytesAdded,
+        rawAdded: w.rawAdded,
+        blobsAdded: w.blobsAdded,
+        warnings: warnings.length,
+        seconds: Math.round(performance.now() - started) / 1000,
+      },
+      program: PROGRAM,
+    };
+    const id = await saveSnapshot(writer, snapshot);
+    return { id, snapshot, warnings, adopted: { packs: adopted.adopted, blobs: adopted.blobs } };
+  } catch (err) {
+    // Keep what was completely stored, so that a retry does not send it again.
+    if (writer) {
+      const kept = !hasCode(err, 'HF_DISK_FULL') && await writer.flush().then(() => true, () => false);
+      if (!kept) await writer.abort();
+    }
+    throw err;
+  } finally {
+    await lock.release();
+  }
+}

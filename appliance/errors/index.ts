@@ -1,0 +1,69 @@
+/**
+ * Coded errors. Every error Holdfast throws on purpose is a HoldfastError with
+ * a stable `code`; messages may change, codes never. A message names the
+ * object and the cause and says what the admin can do; the original error is
+ * kept as `cause`.
+ */
+
+export const ErrorCodes = {
+  HF_USAGE: 'the command line is wrong',
+  HF_INVALID_ARGUMENT: 'a value given to Holdfast is not valid',
+  HF_NO_PASSWORD: 'no passphrase or recovery key was given',
+  HF_WRONG_PASSWORD: 'the passphrase does not open the repository',
+  HF_BAD_RECOVERY_KEY: 'the recovery key is malformed or does not open the repository',
+  HF_REPO_NOT_FOUND: 'there is no repository at the location',
+  HF_REPO_EXISTS: 'a repository (or other data) already exists at the location',
+  HF_REPO_LOCKED: 'another process holds a conflicting lock',
+  HF_REPO_CORRUPT: 'a repository file (config, key, index, snapshot) is damaged',
+  HF_UNSUPPORTED_VERSION: 'a format version newer than this program',
+  HF_PACK_CORRUPT: 'a pack file is damaged',
+  HF_BLOB_MISSING: 'a blob referenced by a snapshot is in no pack',
+  HF_SNAPSHOT_NOT_FOUND: 'no snapshot matches',
+  HF_PATH_NOT_FOUND: 'the path is not in the snapshot',
+  HF_SOURCE_NOT_FOUND: 'a path to back up does not exist',
+  HF_DISK_FULL: 'the disk is full',
+  HF_IO: 'an input/output error',
+  HF_CHECK_FAILED: 'check found damage',
+  HF_STORAGE_NOT_FOUND: 'a file is not in storage',
+  HF_STORAGE_EXISTS: 'a file already exists in storage',
+  HF_INTERRUPTED: 'the operation was interrupted',
+  HF_NATIVE_UNAVAILABLE: 'the native addon is not built',
+} as const;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export class HoldfastError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'HoldfastError';
+    this.code = code;
+  }
+}
+
+/** True when err carries the code (HoldfastError or a native/system error). */
+export function hasCode(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
+}
+
+export function errorCode(err: unknown): string | undefined {
+  const c = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof c === 'string' ? c : undefined;
+}
+
+/**
+ * Wraps a system error from storage or a source: ENOSPC becomes HF_DISK_FULL,
+ * anything else HF_IO, with the object named in the message.
+ */
+export function ioError(what: string, err: unknown): HoldfastError {
+  if (err instanceof HoldfastError) return err;
+  const code = errorCode(err);
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new HoldfastError('HF_DISK_FULL',
+      `${what}: the disk is full. Free space (or run \`holdfast prune\`) and retry; data already stored is intact.`,
+      { cause: err });
+  }
+  const detail = err instanceof Error ? err.message : String(err);
+  return new HoldfastError('HF_IO', `${what}: ${detail}`, { cause: err });
+}

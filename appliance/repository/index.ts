@@ -1,0 +1,12 @@
+export { type BlobId, BlobType, type IndexId, type PackId, type SnapshotId, blobIdOf, idBytes, isId, shortId } from './ids.ts';
+export { type RepoConfig, DEFAULT_CHUNKER, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE } from './config.ts';
+export { Magic } from './envelope.ts';
+export { type Credentials, SCRYPT } from './keys.ts';
+export { Lock, type LockInfo, type LockMode, isStale, removeLocks } from './lock.ts';
+export { type BlobLocation, MasterIndex } from './master-index.ts';
+export { type PackEntry, blobAad } from './pack-entry.ts';
+export { readPackHeader } from './pack-reader.ts';
+export { formatRecoveryKey, parseRecoveryKey } from './recovery-key.ts';
+export { CHECKPOINT_PACKS, type InitOptions, Repository, RepositoryWriter, type WriterStats, forEachLimit } from './repository.ts';
+export { decodeIndex, encodeIndex, type IndexedPack } from './index-file.ts';
+export { PackWriter } from './pack-writer.ts';

@@ -1,0 +1,405 @@
+import { randomBytes } from 'node:crypto';
+
+import { BufferPool, Chunker, Sealer, deriveGearTable, sealBlobSize, sha256 } from '../../native/index.ts';
+import { HoldfastError, hasCode } from '../errors/index.ts';
+import { LocalStorage, type Storage } from '../storage/index.ts';
+import { DEFAULT_CHUNKER, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE, type RepoConfig, parseConfig } from './config.ts';
+import { MAX_FILE_PLAIN, sealFile, openFile } from './envelope.ts';
+import { type BlobId, BlobType, type IndexId, type PackId, type SnapshotId, blobIdOf, idBytes, shortId } from './ids.ts';
+import { decodeIndex, encodePackSection, joinPackSections } from './index-file.ts';
+import {
+  type Credentials, type KeyFile, type WorkingKeys, deriveWorkingKeys, makePassphraseKey, makeRecoveryKey,
+  parseKeyFile, unlockMasterKey,
+} from './keys.ts';
+import { Lock, type LockMode } from './lock.ts';
+import { type BlobLocation, MasterIndex } from './master-index.ts';
+import { blobAad } from './pack-entry.ts';
+import { readPackHeader } from './pack-reader.ts';
+import { type FinishedPack, PackWriter } from './pack-writer.ts';
+import { newRecoveryKey } from './recovery-key.ts';
+
+export interface InitOptions {
+  chunker?: RepoConfig['chunker'];
+  compression?: number;
+  packSize?: number;
+}
+
+/** Packs written before an index file is written mid-backup (a checkpoint). */
+export const CHECKPOINT_PACKS = 32;
+/** Packs being finished (header, fsync, rename) while the next one fills. */
+const MAX_FINISHING = 2;
+
+/**
+ * An open, unlocked repository: the read side. Writing needs a lock and a
+ * RepositoryWriter (writer()). Storage layout and formats: docs/DESIGN.md.
+ */
+export class Repository {
+  readonly storage: Storage;
+  readonly config: RepoConfig;
+  readonly sealer: Sealer;
+  readonly index = new MasterIndex();
+  readonly #keys: WorkingKeys;
+  readonly #gear: Buffer;
+  #indexLoaded = false;
+
+  private constructor(storage: Storage, config: RepoConfig, keys: WorkingKeys) {
+    this.storage = storage;
+    this.config = config;
+    this.#keys = keys;
+    this.#gear = deriveGearTable(keys.gearSecret);
+    this.sealer = new Sealer(keys.encKey, keys.idKey, config.compression);
+  }
+
+  get id(): string {
+    return this.config.id;
+  }
+
+  /** Creates a repository; returns it open, with the recovery key to print once. */
+  static async init(storage: Storage, password: string, options: InitOptions = {}): Promise<{ repo: Repository; recoveryKey: string }> {
+    if (storage instanceof LocalStorage) await storage.initialize();
+    else if ((await storage.list('config')).length > 0) {
+      throw new HoldfastError('HF_REPO_EXISTS', `a repository already exists at ${storage.location}`);
+    }
+    const repoId = randomBytes(32).toString('hex');
+    const masterKey = randomBytes(32);
+    const recovery = newRecoveryKey();
+    const keyFiles: KeyFile[] = [
+      await makePassphraseKey(masterKey, repoId, password),
+      makeRecoveryKey(masterKey, repoId, recovery.bytes),
+    ];
+    const config: RepoConfig = {
+      version: 1,
+      id: repoId,
+      created: new Date().toISOString(),
+      chunker: { ...(options.chunker ?? DEFAULT_CHUNKER) },
+      compression: options.compression ?? DEFAULT_COMPRESSION,
+      packSize: options.packSize ?? DEFAULT_PACK_SIZE,
+    };
+    parseConfig(Buffer.from(JSON.stringify(config))); // validates the options
+    for (const k of keyFiles) {
+      await storage.save('key', `${k.kind}-${randomBytes(4).toString('hex')}`, [Buffer.from(JSON.stringify(k, null, 2))]);
+    }
+    const keys = deriveWorkingKeys(masterKey, repoId);
+    const repo = new Repository(storage, config, keys);
+    // The config is written last: its presence marks a complete repository.
+    await storage.save('config', 'config', await sealFile(repo.sealer, 'config', Buffer.from(JSON.stringify(config))));
+    return { repo, recoveryKey: recovery.text };
+  }
+
+  static async open(storage: Storage, creds: Credentials): Promise<Repository> {
+    if (storage instanceof LocalStorage) await storage.assertExists();
+    const keyFiles: KeyFile[] = [];
+    for (const f of await storage.list('key')) {
+      keyFiles.push(parseKeyFile(f.name, await storage.load('key', f.name)));
+    }
+    const ids = new Set(keyFiles.map((k) => k.repository));
+    if (ids.size !== 1) {
+      throw new HoldfastError('HF_REPO_CORRUPT',
+        `${storage.location}: ${ids.size === 0 ? 'no key files' : 'key files of different repositories'} in keys/`);
+    }
+    const repoId = [...ids][0]!;
+    const masterKey = await unlockMasterKey(keyFiles, repoId, creds);
+    const keys = deriveWorkingKeys(masterKey, repoId);
+    const boot = new Sealer(keys.encKey, keys.idKey, DEFAULT_COMPRESSION);
+    let configBytes: Buffer;
+    try {
+      configBytes = await storage.load('config', 'config');
+    } catch (err) {
+      if (hasCode(err, 'HF_STORAGE_NOT_FOUND')) {
+        throw new HoldfastError('HF_REPO_NOT_FOUND', `no repository config at ${storage.location}`, { cause: err });
+      }
+      throw err;
+    }
+    const config = parseConfig(await openFile(boot, 'config', configBytes, `config of ${storage.location}`));
+    if (config.id !== repoId) {
+      throw new HoldfastError('HF_REPO_CORRUPT', `${storage.location}: config and key files belong to different repositories`);
+    }
+    return new Repository(storage, config, keys);
+  }
+
+  /** A chunker with this repository's keyed gear table and id key. */
+  chunker(): Chunker {
+    return new Chunker(this.#gear, this.config.chunker, this.#keys.idKey);
+  }
+
+  lock(mode: LockMode, command: string): Promise<Lock> {
+    return Lock.acquire(this.storage, mode, command);
+  }
+
+  /** Loads every index file into the master index (once). */
+  async loadIndex(): Promise<void> {
+    if (this.#indexLoaded) return;
+    const files = await this.storage.list('index');
+    await forEachLimit(files, 8, async (f) => {
+      const packs = decodeIndex(await this.loadFile('index', f.name), `index ${shortId(f.name)}`);
+      this.index.add(packs, f.name as IndexId);
+    });
+    this.#indexLoaded = true;
+  }
+
+  /** Packs in storage that no index file lists (left by an interrupted writer). */
+  async unindexedPacks(): Promise<{ name: PackId; size: number }[]> {
+    await this.loadIndex();
+    return (await this.storage.list('pack'))
+      .filter((p) => !this.index.hasPack(p.name as PackId))
+      .map((p) => ({ name: p.name as PackId, size: p.size }));
+  }
+
+  locate(id: BlobId): BlobLocation {
+    const loc = this.index.get(id);
+    if (!loc) {
+      throw new HoldfastError('HF_BLOB_MISSING',
+        `blob ${shortId(id)} is in no pack of ${this.storage.location}; run \`holdfast check\``);
+    }
+    return loc;
+  }
+
+  /** Loads, decrypts, decompresses and verifies one blob. */
+  async loadBlob(id: BlobId): Promise<Buffer> {
+    return (await this.loadBlobChecked(id)).plain;
+  }
+
+  async loadBlobChecked(id: BlobId): Promise<{ plain: Buffer; allZero: boolean; location: BlobLocation }> {
+    const loc = this.locate(id);
+    const sealed = await this.storage.load('pack', loc.pack, loc.offset, loc.length);
+    try {
+      const r = await this.sealer.openSized(blobAad(loc.type, id), sealed, loc.rawLength, idBytes(id));
+      return { ...r, location: loc };
+    } catch (cause) {
+      throw new HoldfastError('HF_PACK_CORRUPT',
+        `pack ${shortId(loc.pack)} in ${this.storage.location}: blob ${shortId(id)} is damaged ` +
+        `(${(cause as Error).message}); run \`holdfast check --read-data\``, { cause });
+    }
+  }
+
+  /** Seals and stores a content-addressed file (index or snapshot); returns its id. */
+  async saveFile(kind: 'index' | 'snapshot', plain: Buffer): Promise<string> {
+    const parts = await sealFile(this.sealer, kind, plain);
+    const id = (await sha256(parts)).toString('hex');
+    await this.storage.save(kind, id, parts);
+    return id;
+  }
+
+  /** Loads a content-addressed file, checks its name is its SHA-256, opens it. */
+  async loadFile(kind: 'index' | 'snapshot', id: string): Promise<Buffer> {
+    const bytes = await this.storage.load(kind, id);
+    const digest = (await sha256([bytes])).toString('hex');
+    if (digest !== id) {
+      throw new HoldfastError('HF_REPO_CORRUPT',
+        `${kind} ${shortId(id)} in ${this.storage.location} is damaged (its content hash is ${shortId(digest)}); run \`holdfast check\``);
+    }
+    if (bytes.length > MAX_FILE_PLAIN + 64) {
+      throw new HoldfastError('HF_REPO_CORRUPT', `${kind} ${shortId(id)} is implausibly large`);
+    }
+    return openFile(this.sealer, kind, bytes, `${kind} ${shortId(id)}`);
+  }
+
+  async listSnapshotIds(): Promise<SnapshotId[]> {
+    return (await this.storage.list('snapshot')).map((f) => f.name as SnapshotId);
+  }
+
+  /** A writer; the caller must hold an append or exclusive lock. */
+  writer(): RepositoryWriter {
+    return new RepositoryWriter(this);
+  }
+
+  close(): Promise<void> {
+    return this.storage.close();
+  }
+}
+
+export interface WriterStats {
+  blobsAdded: number;
+  treesAdded: number;
+  /** Plaintext bytes of new blobs. */
+  rawAdded: number;
+  /** Bytes written to the repository (sealed blobs, pack headers, index files). */
+  bytesAdded: number;
+  packsWritten: number;
+  indexFilesWritten: number;
+}
+
+/**
+ * Adds blobs and files. Blobs are packed in memory, written as packs, and
+ * listed in index files every CHECKPOINT_PACKS packs and at flush(). Only
+ * after flush() resolves are all blobs saved so far durable and indexed;
+ * a snapshot that references them may be written then, never before.
+ */
+export class RepositoryWriter {
+  readonly stats: WriterStats = { blobsAdded: 0, treesAdded: 0, rawAdded: 0, bytesAdded: 0, packsWritten: 0, indexFilesWritten: 0 };
+  readonly #repo: Repository;
+  readonly #packers: Map<BlobType, PackWriter>;
+  /** Pack write batches (a larger sealed blob is written from its own copy). */
+  readonly #batches: BufferPool;
+  /** Sealing outputs by size class (small blobs use throwaway buffers). */
+  readonly #outputs: BufferPool[];
+  /** Blobs being sealed or sitting in an unwritten pack. */
+  readonly #pending = new Set<BlobId>();
+  readonly #finishing = new Set<Promise<void>>();
+  /** Packs written but in no index file yet, as encoded index sections. */
+  #unindexed: { pack: PackId; section: Buffer }[] = [];
+  #failure: unknown = null;
+
+  constructor(repo: Repository) {
+    this.#repo = repo;
+    const maxChunk = repo.config.chunker.maxSize;
+    this.#batches = new BufferPool(2 << 20, 2);
+    // Kept buffers per class: enough for the seals the threadpool runs at once.
+    this.#outputs = [[128 << 10, 4], [512 << 10, 2], [1 << 20, 2], [2 << 20, 1], [Math.max(maxChunk, 2 << 20), 1]]
+      .map(([n, keep]) => new BufferPool(sealBlobSize(n!), keep!));
+    this.#packers = new Map([
+      [BlobType.data, new PackWriter(repo.storage, BlobType.data, this.#batches)],
+      [BlobType.tree, new PackWriter(repo.storage, BlobType.tree, this.#batches)],
+    ]);
+  }
+
+  /** Whether the repository has (or is about to have) this blob. */
+  known(id: BlobId): boolean {
+    return this.#repo.index.has(id) || this.#pending.has(id);
+  }
+
+  /**
+   * Stores a blob unless it is known. With id null (trees) the id is computed.
+   * Resolves once the blob is in a pack being built; rejects with the first
+   * failure of any background pack write.
+   */
+  async saveBlob(type: BlobType, plain: Buffer, id: BlobId | null): Promise<{ id: BlobId; added: boolean }> {
+    this.#throwIfFailed();
+    if (id !== null) {
+      if (this.known(id)) return { id, added: false };
+      this.#pending.add(id);
+    }
+    const need = sealBlobSize(plain.length);
+    const pool = plain.length >= 32 << 10 ? this.#outputs.find((p) => p.size >= need) : undefined;
+    const out = pool?.get();
+    let sealed: { id: Buffer; sealed: Buffer };
+    try {
+      sealed = await this.#repo.sealer.sealBlob(type, plain, true, id === null ? null : idBytes(id), out);
+    } catch (err) {
+      if (id !== null) this.#pending.delete(id);
+      if (out) pool!.put(out);
+      throw err;
+    }
+    const blobId = id ?? blobIdOf(sealed.id);
+    if (id === null && this.known(blobId)) {
+      if (out) pool!.put(out);
+      return { id: blobId, added: false };
+    }
+    if (id === null) this.#pending.add(blobId);
+    const packer = this.#packers.get(type)!;
+    const written = packer.add(blobId, sealed.sealed, plain.length);
+    if (out) pool!.put(out); // add() copied it
+    this.stats.blobsAdded++;
+    if (type === BlobType.tree) this.stats.treesAdded++;
+    this.stats.rawAdded += plain.length;
+    this.stats.bytesAdded += sealed.sealed.length;
+    if (packer.size >= this.#repo.config.packSize) {
+      this.#rotate(type);
+      while (this.#finishing.size >= MAX_FINISHING) await Promise.race(this.#finishing);
+    } else if (written) {
+      await written.catch((err: unknown) => { this.#failure ??= err; });
+    }
+    this.#throwIfFailed();
+    return { id: blobId, added: true };
+  }
+
+  #throwIfFailed(): void {
+    if (this.#failure) throw this.#failure;
+  }
+
+  #rotate(type: BlobType): void {
+    const packer = this.#packers.get(type)!;
+    if (packer.count === 0) return;
+    this.#packers.set(type, new PackWriter(this.#repo.storage, type, this.#batches));
+    const task = this.#writePack(packer).catch((err: unknown) => {
+      this.#failure ??= err;
+    });
+    this.#finishing.add(task);
+    void task.finally(() => this.#finishing.delete(task));
+  }
+
+  async #writePack(packer: PackWriter): Promise<void> {
+    const pack: FinishedPack = await packer.finish(this.#repo.sealer);
+    this.stats.packsWritten++;
+    this.stats.bytesAdded += pack.size - pack.entries.reduce((n, e) => n + e.length, 0);
+    const indexed = { pack: pack.id, entries: pack.entries };
+    this.#repo.index.add([indexed]);
+    for (const e of pack.entries) this.#pending.delete(e.id);
+    this.#unindexed.push({ pack: pack.id, section: encodePackSection(indexed) });
+    if (this.#unindexed.length >= CHECKPOINT_PACKS) await this.#writeIndex();
+  }
+
+  async #writeIndex(): Promise<void> {
+    const packs = this.#unindexed;
+    if (packs.length === 0) return;
+    this.#unindexed = [];
+    try {
+      const plain = joinPackSections(packs.map((p) => p.section));
+      const id = await this.#repo.saveFile('index', plain);
+      this.#repo.index.recordFile(id as IndexId, packs.map((p) => p.pack));
+      this.stats.indexFilesWritten++;
+      this.stats.bytesAdded += plain.length;
+    } catch (err) {
+      this.#unindexed.unshift(...packs);
+      throw err;
+    }
+  }
+
+  /** Discards packs being built (after a failure; their blobs are not stored). */
+  async abort(): Promise<void> {
+    for (const p of this.#packers.values()) await p.abort();
+    await Promise.allSettled([...this.#finishing]);
+  }
+
+  /** Writes every open pack and an index for all packs not yet in one. */
+  async flush(): Promise<void> {
+    this.#throwIfFailed();
+    for (const type of this.#packers.keys()) this.#rotate(type);
+    while (this.#finishing.size > 0) await Promise.all([...this.#finishing]);
+    this.#throwIfFailed();
+    await this.#writeIndex();
+  }
+
+  /**
+   * Adds packs that are in storage but in no index (from an interrupted
+   * writer) to the index, so their blobs are reused. Returns how many were
+   * adopted and which could not be read.
+   */
+  async adoptUnindexedPacks(): Promise<{ adopted: number; blobs: number; unreadable: { pack: PackId; error: Error }[] }> {
+    const packs = await this.#repo.unindexedPacks();
+    const unreadable: { pack: PackId; error: Error }[] = [];
+    let blobs = 0;
+    for (const p of packs) {
+      try {
+        const entries = await readPackHeader(this.#repo.storage, this.#repo.sealer, p.name, p.size);
+        const indexed = { pack: p.name, entries };
+        this.#repo.index.add([indexed]);
+        this.#unindexed.push({ pack: p.name, section: encodePackSection(indexed) });
+        blobs += entries.length;
+      } catch (err) {
+        unreadable.push({ pack: p.name, error: err as Error });
+      }
+    }
+    await this.#writeIndex();
+    return { adopted: packs.length - unreadable.length, blobs, unreadable };
+  }
+
+  /** Seals and stores a snapshot record; call only after flush(). */
+  async saveSnapshot(plain: Buffer): Promise<SnapshotId> {
+    this.#throwIfFailed();
+    if (this.#pending.size > 0 || this.#unindexed.length > 0) {
+      throw new HoldfastError('HF_INVALID_ARGUMENT', 'saveSnapshot before flush: blobs are not durable yet');
+    }
+    return (await this.#repo.saveFile('snapshot', plain)) as SnapshotId;
+  }
+}
+
+/** Runs fn over items with at most `limit` in flight. */
+export async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+

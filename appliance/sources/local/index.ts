@@ -1,0 +1,1 @@
+export { LocalSource, READ_PIECE } from './local-source.ts';
