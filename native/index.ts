@@ -31,6 +31,8 @@ interface Binding {
   scandir(path: Uint8Array): Promise<Buffer>;
   setTimes(path: Uint8Array, aSec: number, aNsec: number, mSec: number, mNsec: number, nofollow: boolean): Promise<void>;
   mknod(path: Uint8Array, mode: number, dev: number): Promise<void>;
+  writeFile(path: Uint8Array, data: Uint8Array | null, size: number, mode: number, uid: number, gid: number, aSec: number, aNsec: number, mSec: number, mNsec: number): Promise<void>;
+  setMeta(path: Uint8Array, isLink: boolean, mode: number, uid: number, gid: number, aSec: number, aNsec: number, mSec: number, mNsec: number): Promise<void>;
   versions(): { zstd: string; openssl: string };
 }
 
@@ -170,9 +172,13 @@ export class Sealer {
     return { plain: plain!, allZero };
   }
 
-  /** Opens a sealed object whose plaintext is exactly `size` bytes into a fresh buffer (release() may free it). */
-  async openSized(aad: Uint8Array, sealed: Uint8Array, size: number, expectId: Uint8Array | null): Promise<{ plain: Buffer; allZero: boolean }> {
-    const plain = Buffer.allocUnsafe(size);
+  /**
+   * Opens a sealed object whose plaintext is exactly `size` bytes, into `out`
+   * (exactly size bytes) or a fresh buffer.
+   */
+  async openSized(aad: Uint8Array, sealed: Uint8Array, size: number, expectId: Uint8Array | null, out?: Buffer): Promise<{ plain: Buffer; allZero: boolean }> {
+    const plain = out ?? Buffer.allocUnsafe(size);
+    if (plain.length !== size) throw codeError('HF_INVALID_ARGUMENT', `output buffer holds ${plain.length} bytes, not ${size}`);
     const [, allZero] = await native.open(this.#handle, aad, sealed, size, expectId, plain);
     return { plain, allZero };
   }
@@ -268,6 +274,29 @@ export async function scandir(path: Uint8Array): Promise<ScanEntry[]> {
 /** utimensat with nanoseconds; nofollow sets a symlink's own times. */
 export function setTimes(path: Uint8Array, atime: readonly [number, number], mtime: readonly [number, number], nofollow: boolean): Promise<void> {
   return native.setTimes(path, atime[0], atime[1], mtime[0], mtime[1], nofollow);
+}
+
+/** Ownership (uid -1: leave as is), permission bits and times to apply. */
+export interface FileMeta {
+  mode: number;
+  uid: number;
+  gid: number;
+  atime: readonly [number, number];
+  mtime: readonly [number, number];
+}
+
+/**
+ * Creates or truncates a regular file (replacing, never following, a symlink
+ * at the path), writes data (null: leaves a hole), sets its size and
+ * metadata, closes it: one threadpool job. EISDIR when a directory is there.
+ */
+export function writeFile(path: Uint8Array, data: Uint8Array | null, size: number, m: FileMeta): Promise<void> {
+  return native.writeFile(path, data, size, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
+}
+
+/** Applies owner, mode (not for symlinks) and ns times without following a final symlink. */
+export function setMeta(path: Uint8Array, isLink: boolean, m: FileMeta): Promise<void> {
+  return native.setMeta(path, isLink, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
 }
 
 /** mknod(2): FIFOs (no privilege needed) and device nodes (root). */

@@ -10,7 +10,8 @@ import { Semaphore } from './limits.ts';
 /** Files read at once; files larger than SMALL_READ also take one of LARGE_FILES slots. */
 const FILES_IN_FLIGHT = 8;
 const LARGE_FILES = 2;
-/** Read buffers: a small file in one, a large file in pieces of LARGE_READ. */
+/** Read buffers: a small file in one (of two sizes), a large file in pieces of LARGE_READ. */
+const TINY_READ = 64 << 10;
 const SMALL_READ = 1 << 20;
 const LARGE_READ = 4 << 20;
 /** Plaintext bytes handed to sealing and not yet packed. Reading waits beyond this. */
@@ -141,7 +142,8 @@ export class Archiver {
   readonly #fileSlots = new Semaphore(FILES_IN_FLIGHT);
   readonly #largeSlots = new Semaphore(LARGE_FILES);
   readonly #sealBudget = new Semaphore(SEAL_BUDGET);
-  readonly #smallReads = new BufferPool(SMALL_READ, FILES_IN_FLIGHT);
+  readonly #tinyReads = new BufferPool(TINY_READ, FILES_IN_FLIGHT);
+  readonly #smallReads = new BufferPool(SMALL_READ, 2);
   readonly #largeReads = new BufferPool(LARGE_READ, LARGE_FILES);
   readonly #chunkers: Chunker[] = [];
   readonly #hardlinks = new Map<string, Promise<BlobId[] | null>>();
@@ -357,7 +359,7 @@ export class Archiver {
       for (const p of parts) p.drop();
       return joined;
     };
-    const pool = e.size <= SMALL_READ ? this.#smallReads : this.#largeReads;
+    const pool = e.size <= TINY_READ ? this.#tinyReads : e.size <= SMALL_READ ? this.#smallReads : this.#largeReads;
     const it = this.#source.read(path, e.size, pool)[Symbol.asyncIterator]();
     try {
       for (;;) {

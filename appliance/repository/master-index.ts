@@ -32,6 +32,8 @@ export class MasterIndex {
   #raw = new Uint32Array(1 << 11);
   #type = new Uint8Array(1 << 11);
   readonly #packIds: PackId[] = [];
+  /** Per pack number: where its last blob ends. */
+  readonly #packEnds: number[] = [];
   readonly #packNumbers = new Map<PackId, number>();
   readonly #files = new Map<IndexId, PackId[]>();
   readonly #probe = Buffer.alloc(ID);
@@ -45,8 +47,12 @@ export class MasterIndex {
         n = this.#packIds.length;
         this.#packIds.push(p.pack);
         this.#packNumbers.set(p.pack, n);
+        this.#packEnds.push(0);
       }
-      for (const e of p.entries) this.#insert(e, n);
+      for (const e of p.entries) {
+        this.#insert(e, n);
+        if (e.offset + e.length > this.#packEnds[n]!) this.#packEnds[n] = e.offset + e.length;
+      }
     }
   }
 
@@ -126,6 +132,12 @@ export class MasterIndex {
 
   hasPack(id: PackId): boolean {
     return this.#packNumbers.has(id);
+  }
+
+  /** Where the last indexed blob of a pack ends. */
+  packDataEnd(id: PackId): number | undefined {
+    const n = this.#packNumbers.get(id);
+    return n === undefined ? undefined : this.#packEnds[n];
   }
 
   packIds(): readonly PackId[] {

@@ -154,6 +154,11 @@ export class Repository {
     return loc;
   }
 
+  /** Where the blobs of a pack end, from the index. */
+  packDataEnd(pack: PackId): number | undefined {
+    return this.index.packDataEnd(pack);
+  }
+
   /** Loads, decrypts, decompresses and verifies one blob. */
   async loadBlob(id: BlobId): Promise<Buffer> {
     return (await this.loadBlobChecked(id)).plain;

@@ -37,6 +37,24 @@ int hf_scandir(const char *path, hf_buf *out);
  * more than cap bytes. */
 int hf_read_file(const char *path, uint8_t *buf, size_t cap, size_t *len);
 
+/* Metadata to apply; uid/gid -1 leaves ownership alone. */
+typedef struct hf_meta {
+  uint32_t mode;
+  int64_t uid, gid;
+  int64_t atime_sec, atime_nsec, mtime_sec, mtime_nsec;
+} hf_meta;
+
+/* Creates (or truncates) a regular file without following a symlink at the
+ * final component (an existing symlink there is replaced), writes data
+ * (len bytes; NULL leaves a hole), sets its size, owner, mode and times, and
+ * closes it. Returns 0 or an errno; EISDIR when a directory is in the way. */
+int hf_write_file(const char *path, const uint8_t *data, size_t len, uint64_t size,
+                  const hf_meta *m);
+
+/* Applies owner, mode (not to symlinks) and times to a path, not following
+ * a final symlink. Returns 0 or an errno. */
+int hf_set_meta(const char *path, const hf_meta *m, int is_link);
+
 /* Returns 0 or an errno. */
 int hf_set_times(const char *path, int64_t atime_sec, long atime_nsec, int64_t mtime_sec,
                  long mtime_nsec, int nofollow);

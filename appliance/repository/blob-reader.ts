@@ -1,0 +1,109 @@
+import { BufferPool, release } from '../../native/index.ts';
+import { HoldfastError } from '../errors/index.ts';
+import { type BlobId, type PackId, idBytes, shortId } from './ids.ts';
+import type { BlobLocation } from './master-index.ts';
+import { blobAad } from './pack-entry.ts';
+import type { Repository } from './repository.ts';
+
+/** A span of a pack read in one go, shared by the blobs inside it. */
+interface Window {
+  pack: PackId;
+  start: number;
+  end: number;
+  data: Promise<Buffer>;
+  /** Blobs being opened from it; it is freed when evicted and unused. */
+  users: number;
+  evicted: boolean;
+}
+
+export interface LoadedBlob {
+  plain: Buffer;
+  allZero: boolean;
+  location: BlobLocation;
+}
+
+/**
+ * Loads blobs for a long sequential job (restore), reading packs ahead: a
+ * request reads a window of up to `window` bytes from the blob onwards, and
+ * later blobs inside it (the next files of the same directory, the next
+ * chunks of a file) are served without another read. Plaintext lands in
+ * pooled buffers; hand each one back with done(). Every blob is checked
+ * against its id.
+ */
+export class BlobReader {
+  readonly #repo: Repository;
+  readonly #windowSize: number;
+  readonly #keep: number;
+  readonly #windows: Window[] = [];
+  readonly #outputs: BufferPool[];
+
+  constructor(repo: Repository, options: { window?: number; keep?: number } = {}) {
+    this.#repo = repo;
+    this.#windowSize = options.window ?? 4 << 20;
+    this.#keep = options.keep ?? 6;
+    const max = repo.config.chunker.maxSize;
+    this.#outputs = [[256 << 10, 16], [1 << 20, 8], [Math.max(max, 1 << 20), 4]]
+      .map(([size, keep]) => new BufferPool(size!, keep!));
+  }
+
+  async load(id: BlobId): Promise<LoadedBlob> {
+    const loc = this.#repo.locate(id);
+    const w = this.#window(loc);
+    w.users++;
+    let out: Buffer | null = null;
+    try {
+      const data = await w.data;
+      const sealed = data.subarray(loc.offset - w.start, loc.offset - w.start + loc.length);
+      const pool = loc.rawLength >= 128 << 10 ? this.#outputs.find((p) => p.size >= loc.rawLength) : undefined;
+      out = pool ? pool.get().subarray(0, loc.rawLength) : Buffer.allocUnsafe(loc.rawLength);
+      const { allZero } = await this.#repo.sealer.openSized(blobAad(loc.type, id), sealed, loc.rawLength, idBytes(id), out)
+        .catch((cause: unknown) => {
+          throw new HoldfastError('HF_PACK_CORRUPT',
+            `pack ${shortId(loc.pack)} in ${this.#repo.storage.location}: blob ${shortId(id)} is damaged ` +
+            `(${(cause as Error).message}); run \`holdfast check --read-data\``, { cause });
+        });
+      return { plain: out, allZero, location: loc };
+    } catch (err) {
+      if (out) this.done(out);
+      throw err;
+    } finally {
+      w.users--;
+      this.#maybeFree(w);
+    }
+  }
+
+  /** Hands a plaintext buffer back (nothing may use it afterwards). */
+  done(plain: Buffer): void {
+    const pool = this.#outputs.find((p) => p.owns(plain));
+    if (pool) pool.put(plain);
+    else release(plain);
+  }
+
+  #window(loc: BlobLocation): Window {
+    const hit = this.#windows.find((w) => w.pack === loc.pack && w.start <= loc.offset && loc.offset + loc.length <= w.end);
+    if (hit) return hit;
+    const start = loc.offset;
+    const end = Math.max(loc.offset + loc.length, Math.min(loc.offset + this.#windowSize, this.#packDataEnd(loc)));
+    const w: Window = {
+      pack: loc.pack, start, end, users: 0, evicted: false,
+      data: this.#repo.storage.load('pack', loc.pack, start, end - start),
+    };
+    w.data.catch(() => undefined);
+    this.#windows.push(w);
+    while (this.#windows.length > this.#keep) {
+      const old = this.#windows.shift()!;
+      old.evicted = true;
+      this.#maybeFree(old);
+    }
+    return w;
+  }
+
+  /** Where the pack's blobs end (its size minus header and trailer), as known from the index. */
+  #packDataEnd(loc: BlobLocation): number {
+    return this.#repo.packDataEnd(loc.pack) ?? loc.offset + loc.length;
+  }
+
+  #maybeFree(w: Window): void {
+    if (w.evicted && w.users === 0) w.data.then(release, () => undefined);
+  }
+}

@@ -1,0 +1,430 @@
+import { constants } from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
+
+import { type FileMeta, mknod, setMeta, writeFile } from '../../native/index.ts';
+import { Semaphore } from '../backup/limits.ts';
+import { HoldfastError, errorCode } from '../errors/index.ts';
+import { type BlobId, BlobReader, type Repository, shortId } from '../repository/index.ts';
+import { type Snapshot, type TreeNode, displayName, isSafeName, loadTree, splitPath } from '../snapshot/index.ts';
+
+/** Files restored at once, and plaintext bytes being fetched at once. */
+const FILES_IN_FLIGHT = 16;
+const FETCH_BUDGET = 32 << 20;
+
+export type RestoreWarningCode =
+  | 'HF_WARN_UNSAFE_NAME' | 'HF_WARN_DAMAGED' | 'HF_WARN_WRITE' | 'HF_WARN_SKIPPED';
+
+export interface RestoreWarning {
+  path: string;
+  code: RestoreWarningCode;
+  message: string;
+}
+
+export interface RestoreStats {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  specials: number;
+  bytes: number;
+  /** Files not restored (damaged data, write errors): each has a warning. */
+  failed: number;
+}
+
+export interface RestoreOptions {
+  /** Directory to restore into; snapshot paths are recreated under it. */
+  target: string;
+  /** Absolute paths in the snapshot to restore (default: everything). */
+  include?: string[];
+  /** Restore owners (default: when running as root). */
+  owners?: boolean;
+  signal?: AbortSignal;
+  onWarning?: (w: RestoreWarning) => void;
+  onStart?: (stats: RestoreStats) => void;
+}
+
+export interface RestoreResult {
+  stats: RestoreStats;
+  warnings: RestoreWarning[];
+  seconds: number;
+}
+
+const SLASH = Buffer.from('/');
+const S_IFIFO = 0o010000;
+const S_IFCHR = 0o020000;
+const S_IFBLK = 0o060000;
+
+function join(dir: Buffer, name: Buffer): Buffer {
+  return Buffer.concat([dir, SLASH, name]);
+}
+
+/**
+ * Restores a snapshot (or subtrees of it) under a target directory.
+ *
+ * Never writes outside the target: every name is checked (no "", ".", "..",
+ * "/" or NUL), duplicate names are refused, and nothing is written through a
+ * symlink: an existing symlink where a directory or file goes is replaced,
+ * files are opened with O_NOFOLLOW, and symlinks from the snapshot are
+ * recreated as links, never followed. Every blob's content is checked against
+ * its id. Runs of zeros (whole chunks) become holes. Directory metadata is
+ * applied last, deepest first, so that writing children does not disturb it.
+ */
+export async function restore(repo: Repository, snapshot: Snapshot, options: RestoreOptions): Promise<RestoreResult> {
+  const started = performance.now();
+  await fsp.mkdir(options.target, { recursive: true });
+  const base = Buffer.from(await fsp.realpath(options.target), 'utf8');
+  const lock = await repo.lock('shared', 'holdfast restore');
+  try {
+    await repo.loadIndex();
+    const r = new Restorer(repo, base, options);
+    options.onStart?.(r.stats);
+    await r.run(snapshot.tree, options.include);
+    return { stats: r.stats, warnings: r.warnings, seconds: (performance.now() - started) / 1000 };
+  } finally {
+    await lock.release();
+  }
+}
+
+class Restorer {
+  readonly stats: RestoreStats = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, specials: 0, bytes: 0, failed: 0 };
+  readonly warnings: RestoreWarning[] = [];
+  readonly #repo: Repository;
+  readonly #reader: BlobReader;
+  readonly #base: Buffer;
+  readonly #owners: boolean;
+  readonly #signal: AbortSignal | undefined;
+  readonly #onWarning: ((w: RestoreWarning) => void) | undefined;
+  readonly #files = new Semaphore(FILES_IN_FLIGHT);
+  readonly #budget = new Semaphore(FETCH_BUDGET);
+  readonly #tasks = new Set<Promise<void>>();
+  readonly #hardlinks = new Map<string, Promise<Buffer | null>>();
+  /** Directories whose metadata is applied at the end, in creation order. */
+  readonly #dirs: { path: Buffer; node: TreeNode }[] = [];
+  #failure: unknown = null;
+
+  constructor(repo: Repository, base: Buffer, options: RestoreOptions) {
+    this.#repo = repo;
+    this.#reader = new BlobReader(repo);
+    this.#base = base;
+    this.#owners = options.owners ?? process.getuid?.() === 0;
+    this.#signal = options.signal;
+    this.#onWarning = options.onWarning;
+  }
+
+  async run(root: BlobId, include: string[] | undefined): Promise<void> {
+    try {
+      if (!include || include.length === 0) await this.#dir(root, this.#base);
+      else for (const p of include) await this.#included(root, p);
+    } catch (err) {
+      this.#failure ??= err;
+    }
+    await Promise.allSettled([...this.#tasks]);
+    if (this.#failure) throw this.#failure;
+    for (let i = this.#dirs.length - 1; i >= 0; i--) {
+      const { path: p, node } = this.#dirs[i]!;
+      await setMeta(p, false, this.#meta(node)).catch((err: unknown) => this.#warn(p, 'HF_WARN_WRITE', `metadata not set: ${(err as Error).message}`));
+    }
+  }
+
+  #warn(p: Buffer, code: RestoreWarningCode, message: string): void {
+    const rel = p.subarray(this.#base.length);
+    const w = { path: displayName(rel.length ? rel : SLASH), code, message };
+    this.warnings.push(w);
+    this.#onWarning?.(w);
+  }
+
+  #checkAbort(): void {
+    if (this.#failure) throw this.#failure;
+    if (this.#signal?.aborted) throw new HoldfastError('HF_INTERRUPTED', 'restore interrupted');
+  }
+
+  #meta(n: TreeNode): FileMeta {
+    return {
+      mode: n.mode & 0o7777,
+      uid: this.#owners ? n.uid : -1,
+      gid: this.#owners ? n.gid : -1,
+      atime: n.mtime,
+      mtime: n.mtime,
+    };
+  }
+
+  /** Restores one snapshot path, creating the directories above it. */
+  async #included(root: BlobId, snapshotPath: string): Promise<void> {
+    const parts = splitPath(snapshotPath);
+    let tree = root;
+    let dir = this.#base;
+    for (let i = 0; i < parts.length; i++) {
+      const nodes = await loadTree(this.#repo, tree);
+      const node = nodes.find((n) => n.name.equals(parts[i]!));
+      if (!node) {
+        throw new HoldfastError('HF_PATH_NOT_FOUND',
+          `${snapshotPath} is not in the snapshot; list it with \`holdfast ls\``);
+      }
+      if (!isSafeName(node.name)) {
+        this.#warn(join(dir, node.name), 'HF_WARN_UNSAFE_NAME', 'refused: the name is not safe to create');
+        return;
+      }
+      const p = join(dir, node.name);
+      if (i === parts.length - 1) {
+        await this.#entry(p, node);
+        return;
+      }
+      if (node.type !== 'dir') {
+        throw new HoldfastError('HF_PATH_NOT_FOUND', `${snapshotPath} is not in the snapshot (${displayName(node.name)} is not a directory)`);
+      }
+      await this.#makeDir(p, node);
+      tree = node.subtree!;
+      dir = p;
+    }
+    // "/" itself: everything
+    await this.#dir(root, this.#base);
+  }
+
+  async #dir(tree: BlobId, dir: Buffer): Promise<void> {
+    const nodes = await loadTree(this.#repo, tree);
+    const seen = new Set<string>();
+    for (const n of nodes) {
+      this.#checkAbort();
+      const p = join(dir, n.name);
+      if (!isSafeName(n.name)) {
+        this.#warn(p, 'HF_WARN_UNSAFE_NAME', 'refused: the name is empty, ".", "..", or holds "/" or NUL');
+        continue;
+      }
+      const key = n.name.toString('latin1');
+      if (seen.has(key)) {
+        this.#warn(p, 'HF_WARN_UNSAFE_NAME', 'refused: a second entry with the same name in one directory');
+        continue;
+      }
+      seen.add(key);
+      await this.#entry(p, n);
+    }
+  }
+
+  async #entry(p: Buffer, n: TreeNode): Promise<void> {
+    switch (n.type) {
+      case 'dir':
+        if (await this.#makeDir(p, n)) await this.#dir(n.subtree!, p);
+        return;
+      case 'file': {
+        await this.#files.acquire();
+        const task = this.#file(p, n)
+          .catch((err: unknown) => { this.#failure ??= err; })
+          .finally(() => {
+            this.#files.release();
+            this.#tasks.delete(task);
+          });
+        this.#tasks.add(task);
+        return;
+      }
+      case 'symlink':
+        await this.#guarded(p, async () => {
+          await this.#clear(p);
+          await fsp.symlink(n.target!, p);
+          await setMeta(p, true, this.#meta(n));
+          this.stats.symlinks++;
+        });
+        return;
+      case 'fifo':
+      case 'chardev':
+      case 'blockdev': {
+        if (n.type !== 'fifo' && process.getuid?.() !== 0) {
+          this.#warn(p, 'HF_WARN_SKIPPED', 'device node not created: that needs root');
+          return;
+        }
+        const kind = n.type === 'fifo' ? S_IFIFO : n.type === 'chardev' ? S_IFCHR : S_IFBLK;
+        await this.#guarded(p, async () => {
+          await this.#clear(p);
+          await mknod(p, kind | (n.mode & 0o7777), n.rdev ?? 0);
+          await setMeta(p, false, this.#meta(n));
+          this.stats.specials++;
+        });
+        return;
+      }
+      case 'socket':
+        return; // sockets belong to the program that listens on them
+    }
+  }
+
+  /** Runs a write; a failure becomes a warning about this path. */
+  async #guarded(p: Buffer, fn: () => Promise<void>): Promise<boolean> {
+    try {
+      await fn();
+      return true;
+    } catch (err) {
+      this.#warn(p, 'HF_WARN_WRITE', `not restored: ${(err as Error).message}`);
+      return false;
+    }
+  }
+
+  /** Removes what is in the way (a file, link or special; never a directory). */
+  async #clear(p: Buffer): Promise<void> {
+    try {
+      const st = await fsp.lstat(p);
+      if (st.isDirectory()) {
+        throw new HoldfastError('HF_IO', 'a directory is in the way; move it aside and restore again');
+      }
+      await fsp.unlink(p);
+    } catch (err) {
+      if (errorCode(err) !== 'ENOENT') throw err;
+    }
+  }
+
+  /** Creates a directory (or keeps an existing one); a symlink or file in the way is replaced. */
+  async #makeDir(p: Buffer, n: TreeNode): Promise<boolean> {
+    const ok = await this.#guarded(p, async () => {
+      try {
+        await fsp.mkdir(p, 0o700);
+      } catch (err) {
+        if (errorCode(err) !== 'EEXIST') throw err;
+        const st = await fsp.lstat(p);
+        if (!st.isDirectory()) {
+          await fsp.unlink(p);
+          await fsp.mkdir(p, 0o700);
+        } else if ((st.mode & 0o700) !== 0o700) {
+          await fsp.chmod(p, (st.mode & 0o7777) | 0o700); // writable until its metadata is applied
+        }
+      }
+    });
+    if (ok) {
+      this.stats.dirs++;
+      this.#dirs.push({ path: p, node: n });
+    }
+    return ok;
+  }
+
+  async #file(p: Buffer, n: TreeNode): Promise<void> {
+    let settleLink: ((first: Buffer | null) => void) | null = null;
+    if (n.links > 1) {
+      const key = `${n.device}:${n.inode}`;
+      const first = this.#hardlinks.get(key);
+      if (first) {
+        const target = await first;
+        if (target && await this.#guarded(p, async () => {
+          await this.#clear(p);
+          await fsp.link(target, p);
+        })) {
+          this.stats.hardlinks++;
+          return;
+        }
+      } else {
+        this.#hardlinks.set(key, new Promise((resolve) => { settleLink = resolve; }));
+      }
+    }
+    let ok = false;
+    try {
+      ok = await this.#writeContent(p, n);
+    } finally {
+      (settleLink as ((first: Buffer | null) => void) | null)?.(ok ? p : null);
+    }
+  }
+
+  /** Writes a file's content and metadata; false (with a warning) when it could not be. */
+  async #writeContent(p: Buffer, n: TreeNode): Promise<boolean> {
+    const content = n.content ?? [];
+    const sizes = content.map((id) => this.#repo.index.get(id)?.rawLength ?? -1);
+    const missing = content.findIndex((_, i) => sizes[i]! < 0);
+    const total = sizes.reduce((a, b) => a + Math.max(b, 0), 0);
+    try {
+      if (missing >= 0) {
+        throw new HoldfastError('HF_BLOB_MISSING', `blob ${shortId(content[missing]!)} is in no pack`);
+      }
+      if (total !== n.size) {
+        throw new HoldfastError('HF_REPO_CORRUPT', `its blobs hold ${total} bytes, the tree says ${n.size}`);
+      }
+      if (content.length <= 1) {
+        // one job to write it all: content (or a hole), size, owner, mode, times
+        const blob = content.length ? await this.#fetch(content[0]!, sizes[0]!) : null;
+        try {
+          await writeFile(p, blob && !blob.allZero ? blob.plain : null, n.size, this.#meta(n));
+        } finally {
+          if (blob) this.#done(blob);
+        }
+      } else {
+        await this.#writeChunks(p, n, content, sizes);
+        await setMeta(p, false, this.#meta(n));
+      }
+      this.stats.files++;
+      this.stats.bytes += n.size;
+      return true;
+    } catch (err) {
+      if (err instanceof HoldfastError && err.code === 'HF_INTERRUPTED') throw err;
+      this.stats.failed++;
+      const damaged = err instanceof HoldfastError &&
+        (err.code === 'HF_PACK_CORRUPT' || err.code === 'HF_BLOB_MISSING' || err.code === 'HF_REPO_CORRUPT');
+      this.#warn(p, damaged ? 'HF_WARN_DAMAGED' : 'HF_WARN_WRITE',
+        `${damaged ? 'not restored, the repository copy is damaged' : 'not restored'}: ${(err as Error).message}` +
+        (damaged ? '; run `holdfast check --read-data` for the full list' : ''));
+      // A partial file must not pass for the original.
+      await fsp.unlink(p).catch(() => undefined);
+      return false;
+    }
+  }
+
+  /** Reserves budget for a blob (waits), then loads and checks it. */
+  async #fetch(id: BlobId, size: number): Promise<{ plain: Buffer; allZero: boolean; size: number }> {
+    return this.#load(id, size, await this.#reserve(size));
+  }
+
+  async #reserve(size: number): Promise<number> {
+    this.#checkAbort();
+    const units = Math.min(size, FETCH_BUDGET);
+    await this.#budget.acquire(units);
+    return units;
+  }
+
+  async #load(id: BlobId, size: number, units: number): Promise<{ plain: Buffer; allZero: boolean; size: number }> {
+    try {
+      const r = await this.#reader.load(id);
+      return { plain: r.plain, allZero: r.allZero, size };
+    } catch (err) {
+      this.#budget.release(units);
+      throw err;
+    }
+  }
+
+  #done(blob: { plain: Buffer; size: number }): void {
+    this.#reader.done(blob.plain);
+    this.#budget.release(Math.min(blob.size, FETCH_BUDGET));
+  }
+
+  /** A multi-chunk file: chunks fetched concurrently (within the budget), written at their offsets. */
+  async #writeChunks(p: Buffer, n: TreeNode, content: BlobId[], sizes: number[]): Promise<void> {
+    const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW;
+    let fh: FileHandle;
+    try {
+      fh = await fsp.open(p, flags, 0o600);
+    } catch (err) {
+      if (errorCode(err) !== 'ELOOP') throw err;
+      await fsp.unlink(p); // a symlink in the way: replaced, not followed
+      fh = await fsp.open(p, flags | constants.O_EXCL, 0o600);
+    }
+    try {
+      const writes: Promise<void>[] = [];
+      let offset = 0;
+      for (let i = 0; i < content.length; i++) {
+        const at = offset;
+        offset += sizes[i]!;
+        const units = await this.#reserve(sizes[i]!); // backpressure: wait for budget, not for the fetch
+        writes.push(this.#load(content[i]!, sizes[i]!, units).then(async (blob) => {
+          try {
+            if (blob.allZero) return;
+            let done = 0;
+            while (done < blob.plain.length) {
+              const { bytesWritten } = await fh.write(blob.plain, done, blob.plain.length - done, at + done);
+              done += bytesWritten;
+            }
+          } finally {
+            this.#done(blob);
+          }
+        }));
+      }
+      // Every write settles before the handle closes; the first failure is reported.
+      const failed = (await Promise.allSettled(writes)).find((r) => r.status === 'rejected');
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      await fh.truncate(n.size); // the length, and a trailing hole if it ends in zeros
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
