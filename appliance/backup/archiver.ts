@@ -29,6 +29,8 @@ export interface BackupWarning {
 export interface ArchiveStats {
   files: number;
   dirs: number;
+  /** Bytes of all files in the snapshot. */
+  bytes: number;
   filesRead: number;
   filesUnchanged: number;
   bytesRead: number;
@@ -131,7 +133,7 @@ function warningCode(err: unknown): WarningCode {
  * Source problems become warnings; repository failures abort.
  */
 export class Archiver {
-  readonly stats: ArchiveStats = { files: 0, dirs: 0, filesRead: 0, filesUnchanged: 0, bytesRead: 0 };
+  readonly stats: ArchiveStats = { files: 0, dirs: 0, bytes: 0, filesRead: 0, filesUnchanged: 0, bytesRead: 0 };
   readonly warnings: BackupWarning[] = [];
   readonly #repo: Repository;
   readonly #writer: RepositoryWriter;
@@ -282,6 +284,7 @@ export class Archiver {
     this.stats.files++;
     if (!this.#force && reusable(e, pnode)) {
       this.stats.filesUnchanged++;
+      this.stats.bytes += e.size;
       return { node: nodeOf(name, e, { content: pnode.content! }) };
     }
     await this.#fileSlots.acquire();
@@ -317,6 +320,7 @@ export class Archiver {
     }
     if (!result) return null;
     this.stats.filesRead++;
+    this.stats.bytes += result.size;
     return nodeOf(name, e, { content: result.content, size: result.size });
   }
 

@@ -117,6 +117,7 @@ export async function backup(repo: Repository, source: Source, options: BackupOp
       stats: {
         files: a.files,
         dirs: a.dirs,
+        bytes: a.bytes,
         filesRead: a.filesRead,
         filesUnchanged: a.filesUnchanged,
         bytesRead: a.bytesRead,

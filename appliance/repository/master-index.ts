@@ -121,6 +121,11 @@ export class MasterIndex {
     return this.#slots[this.#slotOf(this.#probe, 0)]!;
   }
 
+  /** The blob's entry number (0..blobCount-1), or -1: for compact per-blob marks. */
+  entryOf(id: BlobId): number {
+    return this.#find(id);
+  }
+
   has(id: BlobId): boolean {
     return this.#find(id) !== EMPTY;
   }
@@ -153,6 +158,11 @@ export class MasterIndex {
       length: this.#length[n]!,
       rawLength: this.#raw[n]!,
     };
+  }
+
+  /** The location of entry number n. */
+  locationAt(n: number): BlobLocation {
+    return this.#location(n);
   }
 
   /** Every indexed blob (made on demand; for check and prune). */

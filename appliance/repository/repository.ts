@@ -13,7 +13,7 @@ import {
 } from './keys.ts';
 import { Lock, type LockMode } from './lock.ts';
 import { type BlobLocation, MasterIndex } from './master-index.ts';
-import { blobAad } from './pack-entry.ts';
+import { type PackEntry, blobAad } from './pack-entry.ts';
 import { readPackHeader } from './pack-reader.ts';
 import { type FinishedPack, PackWriter } from './pack-writer.ts';
 import { newRecoveryKey } from './recovery-key.ts';
@@ -22,6 +22,11 @@ export interface InitOptions {
   chunker?: RepoConfig['chunker'];
   compression?: number;
   packSize?: number;
+}
+
+export interface IndexedPackEntries {
+  pack: PackId;
+  entries: PackEntry[];
 }
 
 /** Packs written before an index file is written mid-backup (a checkpoint). */
@@ -38,13 +43,16 @@ export class Repository {
   readonly config: RepoConfig;
   readonly sealer: Sealer;
   readonly index = new MasterIndex();
+  readonly #masterKey: Buffer;
   readonly #keys: WorkingKeys;
   readonly #gear: Buffer;
   #indexLoaded = false;
 
-  private constructor(storage: Storage, config: RepoConfig, keys: WorkingKeys) {
+  private constructor(storage: Storage, config: RepoConfig, masterKey: Buffer) {
     this.storage = storage;
     this.config = config;
+    this.#masterKey = masterKey;
+    const keys = deriveWorkingKeys(masterKey, config.id);
     this.#keys = keys;
     this.#gear = deriveGearTable(keys.gearSecret);
     this.sealer = new Sealer(keys.encKey, keys.idKey, config.compression);
@@ -79,8 +87,7 @@ export class Repository {
     for (const k of keyFiles) {
       await storage.save('key', `${k.kind}-${randomBytes(4).toString('hex')}`, [Buffer.from(JSON.stringify(k, null, 2))]);
     }
-    const keys = deriveWorkingKeys(masterKey, repoId);
-    const repo = new Repository(storage, config, keys);
+    const repo = new Repository(storage, config, masterKey);
     // The config is written last: its presence marks a complete repository.
     await storage.save('config', 'config', await sealFile(repo.sealer, 'config', Buffer.from(JSON.stringify(config))));
     return { repo, recoveryKey: recovery.text };
@@ -114,7 +121,19 @@ export class Repository {
     if (config.id !== repoId) {
       throw new HoldfastError('HF_REPO_CORRUPT', `${storage.location}: config and key files belong to different repositories`);
     }
-    return new Repository(storage, config, keys);
+    return new Repository(storage, config, masterKey);
+  }
+
+  /**
+   * Replaces the passphrase: a new passphrase key file is written first, then
+   * the other passphrase key files are removed (the recovery key stays).
+   */
+  async changePassphrase(passphrase: string): Promise<void> {
+    const before = (await this.storage.list('key')).map((f) => f.name).filter((n) => n.startsWith('passphrase-'));
+    const key = await makePassphraseKey(this.#masterKey, this.id, passphrase);
+    const name = `passphrase-${randomBytes(4).toString('hex')}`;
+    await this.storage.save('key', name, [Buffer.from(JSON.stringify(key, null, 2))]);
+    for (const old of before) if (old !== name) await this.storage.remove('key', old);
   }
 
   /** A chunker with this repository's keyed gear table and id key. */
@@ -203,9 +222,12 @@ export class Repository {
     return (await this.storage.list('snapshot')).map((f) => f.name as SnapshotId);
   }
 
-  /** A writer; the caller must hold an append or exclusive lock. */
-  writer(): RepositoryWriter {
-    return new RepositoryWriter(this);
+  /**
+   * A writer; the caller must hold an append or exclusive lock. With
+   * keepEntries, the entries of every pack it writes are kept (prune).
+   */
+  writer(options: { keepEntries?: boolean } = {}): RepositoryWriter {
+    return new RepositoryWriter(this, options.keepEntries ?? false);
   }
 
   close(): Promise<void> {
@@ -244,9 +266,12 @@ export class RepositoryWriter {
   /** Packs written but in no index file yet, as encoded index sections. */
   #unindexed: { pack: PackId; section: Buffer }[] = [];
   #failure: unknown = null;
+  /** Entries of the packs written, when asked for (prune builds a new index from them). */
+  readonly written: IndexedPackEntries[] | null;
 
-  constructor(repo: Repository) {
+  constructor(repo: Repository, keepEntries = false) {
     this.#repo = repo;
+    this.written = keepEntries ? [] : null;
     const maxChunk = repo.config.chunker.maxSize;
     this.#batches = new BufferPool(2 << 20, 2);
     // Kept buffers per class: enough for the seals the threadpool runs at once.
@@ -291,21 +316,41 @@ export class RepositoryWriter {
       return { id: blobId, added: false };
     }
     if (id === null) this.#pending.add(blobId);
-    const packer = this.#packers.get(type)!;
-    const written = packer.add(blobId, sealed.sealed, plain.length);
-    if (out) pool!.put(out); // add() copied it
+    const written = this.#append(type, blobId, sealed.sealed, plain.length);
+    if (out) pool!.put(out); // the packer copied it
+    await this.#backpressure(type, written);
+    return { id: blobId, added: true };
+  }
+
+  /** Puts a sealed blob (copied) into the open pack of its type. */
+  #append(type: BlobType, id: BlobId, sealed: Buffer, rawLength: number): Promise<void> | undefined {
+    const written = this.#packers.get(type)!.add(id, sealed, rawLength);
     this.stats.blobsAdded++;
     if (type === BlobType.tree) this.stats.treesAdded++;
-    this.stats.rawAdded += plain.length;
-    this.stats.bytesAdded += sealed.sealed.length;
-    if (packer.size >= this.#repo.config.packSize) {
+    this.stats.rawAdded += rawLength;
+    this.stats.bytesAdded += sealed.length;
+    return written;
+  }
+
+  /** Rotates a full pack, and waits while too many are being written. */
+  async #backpressure(type: BlobType, written: Promise<void> | undefined): Promise<void> {
+    if (this.#packers.get(type)!.size >= this.#repo.config.packSize) {
       this.#rotate(type);
       while (this.#finishing.size >= MAX_FINISHING) await Promise.race(this.#finishing);
     } else if (written) {
       await written.catch((err: unknown) => { this.#failure ??= err; });
     }
     this.#throwIfFailed();
-    return { id: blobId, added: true };
+  }
+
+  /**
+   * Adds a blob sealed elsewhere (prune copying a verified blob verbatim: its
+   * AAD binds type and id, not the pack). The sealed bytes are copied.
+   */
+  async addSealed(type: BlobType, id: BlobId, sealed: Buffer, rawLength: number): Promise<void> {
+    this.#throwIfFailed();
+    this.#pending.add(id);
+    await this.#backpressure(type, this.#append(type, id, sealed, rawLength));
   }
 
   #throwIfFailed(): void {
@@ -329,6 +374,7 @@ export class RepositoryWriter {
     this.stats.bytesAdded += pack.size - pack.entries.reduce((n, e) => n + e.length, 0);
     const indexed = { pack: pack.id, entries: pack.entries };
     this.#repo.index.add([indexed]);
+    this.written?.push(indexed);
     for (const e of pack.entries) this.#pending.delete(e.id);
     this.#unindexed.push({ pack: pack.id, section: encodePackSection(indexed) });
     if (this.#unindexed.length >= CHECKPOINT_PACKS) await this.#writeIndex();

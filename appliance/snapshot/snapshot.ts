@@ -1,4 +1,4 @@
-import { HoldfastError } from '../errors/index.ts';
+import { HoldfastError, hasCode } from '../errors/index.ts';
 import {
   type BlobId, type Repository, type RepositoryWriter, type SnapshotId, forEachLimit, isId, shortId,
 } from '../repository/index.ts';
@@ -6,6 +6,8 @@ import {
 export interface SnapshotStats {
   files: number;
   dirs: number;
+  /** Bytes of all files in the snapshot. */
+  bytes: number;
   /** Files read because they were new or changed. */
   filesRead: number;
   /** Files whose chunk list was reused from the parent without reading. */
@@ -76,7 +78,7 @@ export async function loadSnapshot(repo: Repository, id: SnapshotId): Promise<Sn
   return decodeSnapshot(await repo.loadFile('snapshot', id), id);
 }
 
-/** All snapshots, oldest first. Unreadable ones are reported, not fatal. */
+/** All snapshots, oldest first. Unreadable ones are reported, not fatal; vanished ones are skipped. */
 export async function listSnapshots(repo: Repository): Promise<{ snapshots: SnapshotEntry[]; damaged: { id: SnapshotId; error: Error }[] }> {
   const ids = await repo.listSnapshotIds();
   const snapshots: SnapshotEntry[] = [];
@@ -85,7 +87,8 @@ export async function listSnapshots(repo: Repository): Promise<{ snapshots: Snap
     try {
       snapshots.push({ id, snapshot: await loadSnapshot(repo, id) });
     } catch (err) {
-      damaged.push({ id, error: err as Error });
+      // one that vanished since the listing was forgotten meanwhile
+      if (!hasCode(err, 'HF_STORAGE_NOT_FOUND')) damaged.push({ id, error: err as Error });
     }
   });
   snapshots.sort((a, b) => Date.parse(a.snapshot.time) - Date.parse(b.snapshot.time) || (a.id < b.id ? -1 : 1));

@@ -1,0 +1,246 @@
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import sqlite3 from 'sqlite3';
+
+import { HoldfastError } from '../errors/index.ts';
+import { type BlobId, type Repository, type SnapshotId, shortId } from '../repository/index.ts';
+import { type NodeType, type TreeNode, displayName, listSnapshots, loadTree, splitPath } from '../snapshot/index.ts';
+
+/** Bumped when the schema changes; an older catalog is rebuilt. */
+const SCHEMA_VERSION = '1';
+/** Rows per multi-row INSERT (10 parameters each; SQLite allows 32766). */
+const ROWS_PER_INSERT = 500;
+
+export interface CatalogEntry {
+  path: string;
+  name: string;
+  type: NodeType;
+  size: number;
+  mode: number;
+  mtime: [number, number];
+  /** Short digest of the file's chunk list: equal digests, equal content. */
+  content: string | null;
+}
+
+export interface FindMatch extends CatalogEntry {
+  snapshot: SnapshotId;
+  time: string;
+}
+
+/**
+ * A SQLite catalog of what the snapshots hold, for fast browsing and search.
+ * It is derived data: built from the trees, kept in the local cache (never in
+ * the repository), rebuilt when missing, and synced with the repository
+ * before each use (new snapshots indexed, forgotten ones dropped).
+ *
+ * Listings are stored per tree, not per snapshot: an unchanged directory is
+ * one tree blob shared by every snapshot, and is catalogued once, so the
+ * catalog grows with changes, not with snapshots × files.
+ */
+export class Catalog {
+  readonly #db: sqlite3.Database;
+  readonly file: string;
+
+  private constructor(db: sqlite3.Database, file: string) {
+    this.#db = db;
+    this.file = file;
+  }
+
+  /** Opens (creating if needed) the catalog of a repository in a cache directory. */
+  static async open(cacheDir: string, repoId: string): Promise<Catalog> {
+    const dir = path.join(cacheDir, repoId);
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const file = path.join(dir, 'catalog.sqlite');
+    const db = await new Promise<sqlite3.Database>((resolve, reject) => {
+      const d = new sqlite3.Database(file, (err) => (err ? reject(err) : resolve(d)));
+    }).catch((cause: unknown) => {
+      throw new HoldfastError('HF_IO', `cannot open the catalog ${file}: ${(cause as Error).message}`, { cause });
+    });
+    const c = new Catalog(db, file);
+    await c.#exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;');
+    const version = await c.#get<{ value: string }>("SELECT value FROM meta WHERE key = 'schema'").catch(() => undefined);
+    if (version?.value !== SCHEMA_VERSION) await c.#createSchema();
+    return c;
+  }
+
+  async #createSchema(): Promise<void> {
+    await this.#exec(`
+      DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS snapshots; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS trees;
+      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE trees (id INTEGER PRIMARY KEY, blob TEXT NOT NULL UNIQUE);
+      CREATE TABLE entries (
+        tree INTEGER NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL,
+        mode INTEGER NOT NULL, mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+        subtree INTEGER, content TEXT, PRIMARY KEY (tree, name)) WITHOUT ROWID;
+      CREATE INDEX entries_by_subtree ON entries (subtree);
+      CREATE TABLE snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, root INTEGER NOT NULL);
+      INSERT INTO meta VALUES ('schema', '${SCHEMA_VERSION}');`);
+  }
+
+  /** Brings the catalog up to date with the repository. */
+  async sync(repo: Repository): Promise<{ added: number; removed: number }> {
+    const { snapshots } = await listSnapshots(repo);
+    const known = new Set((await this.#all<{ id: string }>('SELECT id FROM snapshots')).map((r) => r.id));
+    const present = new Set<string>(snapshots.map((s) => s.id));
+    const gone = [...known].filter((id) => !present.has(id));
+    const fresh = snapshots.filter((s) => !known.has(s.id));
+    if (gone.length === 0 && fresh.length === 0) return { added: 0, removed: 0 };
+    await this.#exec('BEGIN');
+    try {
+      for (const id of gone) await this.#run('DELETE FROM snapshots WHERE id = ?', [id]);
+      const treeIds = new Map<string, number>();
+      for (const s of fresh) {
+        const root = await this.#indexTree(repo, s.snapshot.tree, treeIds);
+        await this.#run('INSERT INTO snapshots (id, time, host, root) VALUES (?, ?, ?, ?)', [s.id, s.snapshot.time, s.snapshot.host, root]);
+      }
+      if (gone.length > 0) {
+        // Drop listings no remaining snapshot reaches.
+        await this.#exec(`
+          CREATE TEMP TABLE live AS
+            WITH RECURSIVE r(id) AS (SELECT root FROM snapshots
+              UNION SELECT e.subtree FROM entries e JOIN r ON e.tree = r.id WHERE e.subtree IS NOT NULL)
+            SELECT id FROM r;
+          DELETE FROM entries WHERE tree NOT IN (SELECT id FROM live);
+          DELETE FROM trees WHERE id NOT IN (SELECT id FROM live);
+          DROP TABLE live;`);
+      }
+      await this.#exec('COMMIT');
+    } catch (err) {
+      await this.#exec('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+    return { added: fresh.length, removed: gone.length };
+  }
+
+  /** Catalogues a tree and everything below it that is not yet known; returns its row id. */
+  async #indexTree(repo: Repository, blob: BlobId, ids: Map<string, number>): Promise<number> {
+    const cached = ids.get(blob);
+    if (cached !== undefined) return cached;
+    const row = await this.#get<{ id: number }>('SELECT id FROM trees WHERE blob = ?', [blob]);
+    if (row) {
+      ids.set(blob, row.id);
+      return row.id;
+    }
+    const nodes: TreeNode[] = await loadTree(repo, blob);
+    const subIds: (number | null)[] = [];
+    for (const n of nodes) subIds.push(n.type === 'dir' && n.subtree ? await this.#indexTree(repo, n.subtree, ids) : null);
+    const id = (await this.#run('INSERT INTO trees (blob) VALUES (?)', [blob])).lastID;
+    ids.set(blob, id);
+    for (let i = 0; i < nodes.length; i += ROWS_PER_INSERT) {
+      const batch = nodes.slice(i, i + ROWS_PER_INSERT);
+      const params: (string | number | null)[] = [];
+      batch.forEach((n, k) => {
+        params.push(id, displayName(n.name), n.type, n.size, n.mode, n.mtime[0], n.mtime[1], subIds[i + k]!,
+          n.content ? contentDigest(n.content) : null);
+      });
+      await this.#run(
+        `INSERT OR IGNORE INTO entries (tree, name, type, size, mode, mtime_s, mtime_ns, subtree, content) VALUES ${batch.map(() => '(?,?,?,?,?,?,?,?,?)').join(',')}`,
+        params,
+      );
+    }
+    return id;
+  }
+
+  /**
+   * The entries of a directory in a snapshot (or the entry itself for a
+   * file), optionally with everything below. HF_PATH_NOT_FOUND when absent.
+   */
+  async list(snapshot: SnapshotId, dirPath: string, recursive: boolean): Promise<CatalogEntry[]> {
+    const snap = await this.#get<{ root: number }>('SELECT root FROM snapshots WHERE id = ?', [snapshot]);
+    if (!snap) throw new HoldfastError('HF_SNAPSHOT_NOT_FOUND', `snapshot ${shortId(snapshot)} is not in the catalog`);
+    let tree = snap.root;
+    const parts = splitPath(dirPath).map((b) => b.toString('utf8'));
+    let here = '';
+    for (let i = 0; i < parts.length; i++) {
+      const e = await this.#get<Row>('SELECT * FROM entries WHERE tree = ? AND name = ?', [tree, parts[i]]);
+      if (!e) {
+        throw new HoldfastError('HF_PATH_NOT_FOUND', `${dirPath} is not in snapshot ${shortId(snapshot)}`);
+      }
+      here += `/${e.name}`;
+      if (e.type !== 'dir') {
+        if (i === parts.length - 1) return [toEntry(e, here)];
+        throw new HoldfastError('HF_PATH_NOT_FOUND', `${dirPath} is not in snapshot ${shortId(snapshot)} (${here} is not a directory)`);
+      }
+      tree = e.subtree!;
+    }
+    const out: CatalogEntry[] = [];
+    const walk = async (t: number, prefix: string): Promise<void> => {
+      for (const e of await this.#all<Row>('SELECT * FROM entries WHERE tree = ? ORDER BY name', [t])) {
+        const p = `${prefix}/${e.name}`;
+        out.push(toEntry(e, p));
+        if (recursive && e.type === 'dir' && e.subtree !== null) await walk(e.subtree, p);
+      }
+    };
+    await walk(tree, here);
+    return out;
+  }
+
+  /**
+   * Entries whose name matches a glob (`*`, `?`, `[…]`), in every snapshot
+   * that holds them, by path then time. Case-insensitive with ignoreCase.
+   */
+  async find(pattern: string, options: { ignoreCase?: boolean; snapshot?: SnapshotId; limit?: number } = {}): Promise<FindMatch[]> {
+    const test = options.ignoreCase ? 'lower(e.name) GLOB lower(?)' : 'e.name GLOB ?';
+    const rows = await this.#all<Row & { snapshot: string; time: string; path: string }>(`
+      WITH RECURSIVE up(tree, path, name, type, size, mode, mtime_s, mtime_ns, subtree, content) AS (
+        SELECT e.tree, '/' || e.name, e.name, e.type, e.size, e.mode, e.mtime_s, e.mtime_ns, e.subtree, e.content
+          FROM entries e WHERE ${test}
+        UNION ALL
+        SELECT p.tree, '/' || p.name || up.path, up.name, up.type, up.size, up.mode, up.mtime_s, up.mtime_ns, up.subtree, up.content
+          FROM entries p JOIN up ON p.subtree = up.tree)
+      SELECT s.id AS snapshot, s.time AS time, up.* FROM up JOIN snapshots s ON s.root = up.tree
+      ${options.snapshot ? 'WHERE s.id = ?' : ''}
+      ORDER BY up.path, s.time LIMIT ?`,
+    [pattern, ...(options.snapshot ? [options.snapshot] : []), options.limit ?? 1_000_000]);
+    return rows.map((r) => ({ ...toEntry(r, r.path), snapshot: r.snapshot as SnapshotId, time: r.time }));
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve, reject) => this.#db.close((err) => (err ? reject(err) : resolve())));
+  }
+
+  #exec(sql: string): Promise<void> {
+    return new Promise((resolve, reject) => this.#db.exec(sql, (err) => (err ? reject(err) : resolve())));
+  }
+
+  #run(sql: string, params: unknown[] = []): Promise<sqlite3.RunResult> {
+    return new Promise((resolve, reject) => {
+      this.#db.run(sql, params, function done(this: sqlite3.RunResult, err: Error | null) {
+        if (err) reject(err);
+        else resolve(this);
+      });
+    });
+  }
+
+  #get<T>(sql: string, params: unknown[] = []): Promise<T | undefined> {
+    return new Promise((resolve, reject) => this.#db.get(sql, params, (err, row) => (err ? reject(err) : resolve(row as T | undefined))));
+  }
+
+  #all<T>(sql: string, params: unknown[] = []): Promise<T[]> {
+    return new Promise((resolve, reject) => this.#db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as T[]))));
+  }
+}
+
+interface Row {
+  tree: number;
+  name: string;
+  type: NodeType;
+  size: number;
+  mode: number;
+  mtime_s: number;
+  mtime_ns: number;
+  subtree: number | null;
+  content: string | null;
+}
+
+function toEntry(r: Row, p: string): CatalogEntry {
+  return { path: p, name: r.name, type: r.type, size: r.size, mode: r.mode, mtime: [r.mtime_s, r.mtime_ns], content: r.content };
+}
+
+function contentDigest(content: readonly string[]): string {
+  const h = createHash('sha256');
+  for (const c of content) h.update(c);
+  return h.digest('hex').slice(0, 16);
+}

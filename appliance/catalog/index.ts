@@ -1,0 +1,1 @@
+export { Catalog, type CatalogEntry, type FindMatch } from './catalog.ts';

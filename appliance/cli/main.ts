@@ -1,0 +1,399 @@
+import path from 'node:path';
+
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+
+import { type BackupWarning, PROGRAM, backup } from '../backup/index.ts';
+import { Catalog } from '../catalog/index.ts';
+import { HoldfastError, errorCode } from '../errors/index.ts';
+import { check, forget, prune } from '../maintenance/index.ts';
+import { Repository, removeLocks, shortId } from '../repository/index.ts';
+import { restore } from '../restore/index.ts';
+import { type RetentionPolicy, type SnapshotEntry, listSnapshots, resolveSnapshot } from '../snapshot/index.ts';
+import { LocalSource } from '../sources/index.ts';
+import { LocalStorage } from '../storage/index.ts';
+import { type GlobalOptions, cacheDir, openRepository, passphrase, repoLocation } from './context.ts';
+import { Output, bytes, duration, modeString, printable, time } from './output.ts';
+
+/**
+ * Exit status: 0 done; 1 failed (a coded error, or check found damage);
+ * 2 wrong usage; 3 done with warnings (files that could not be read or
+ * restored); 130 interrupted.
+ */
+export const EXIT = { ok: 0, failed: 1, usage: 2, warnings: 3, interrupted: 130 } as const;
+
+function count(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number');
+  return n;
+}
+
+function percent(value: string): number {
+  const m = /^(\d+(?:\.\d+)?)%$/.exec(value);
+  const n = m ? Number(m[1]) : NaN;
+  if (!(n > 0 && n <= 100)) throw new InvalidArgumentError('expected a percentage such as 10%');
+  return n / 100;
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** Runs the CLI; resolves with the exit status. */
+export async function main(argv: string[]): Promise<number> {
+  let status: number = EXIT.ok;
+  let out = new Output({});
+  const abort = new AbortController();
+  let interrupts = 0;
+  const onSignal = () => {
+    interrupts++;
+    if (interrupts > 1) process.exit(EXIT.interrupted);
+    out.note('interrupted: stopping (what is stored is kept; press Ctrl-C again to quit at once)');
+    abort.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const program = new Command('holdfast')
+    .description('Holdfast: encrypted, deduplicated backups')
+    .version(PROGRAM.split(' ')[1]!, '--version')
+    .option('--repo <dir>', 'repository directory (or HOLDFAST_REPO)')
+    .option('--password-file <file>', 'read the passphrase from a file (else HOLDFAST_PASSWORD)')
+    .option('--recovery-key-file <file>', 'open with the recovery key in a file (or HOLDFAST_RECOVERY_KEY)')
+    .option('--cache-dir <dir>', 'local cache for the catalog (or HOLDFAST_CACHE_DIR)')
+    .option('--json', 'machine-readable output: the last line of stdout is one JSON object')
+    .option('-q, --quiet', 'no progress or notes')
+    .showHelpAfterError()
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  /** Wraps a command: output, errors and exit status. */
+  const action = <A extends unknown[]>(fn: (g: GlobalOptions, ...args: A) => Promise<number | void>) =>
+    async (...args: A) => {
+      const g = program.opts<GlobalOptions>();
+      out = new Output(g);
+      try {
+        status = (await fn(g, ...args)) ?? EXIT.ok;
+      } catch (err) {
+        out.error(err);
+        status = errorCode(err) === 'HF_INTERRUPTED' ? EXIT.interrupted : errorCode(err) === 'HF_USAGE' ? EXIT.usage : EXIT.failed;
+      } finally {
+        out.stopProgress();
+      }
+    };
+
+  program.command('init')
+    .description('create a repository; prints the recovery key once')
+    .action(action(async (g) => {
+      const location = repoLocation(g);
+      const { repo, recoveryKey } = await Repository.init(new LocalStorage(location), passphrase(g)!);
+      await repo.close();
+      out.result({ repository: path.resolve(location), id: repo.id, recoveryKey });
+      out.line(`created repository ${repo.id.slice(0, 8)} at ${path.resolve(location)}`);
+      out.line('');
+      out.line('Recovery key (shown only now; keep it offline, it opens the repository if the passphrase is lost):');
+      out.line(`  ${recoveryKey}`);
+    }));
+
+  program.command('backup')
+    .description('back up paths into a new snapshot')
+    .argument('<paths...>', 'files or directories (absolute, or relative to the current directory)')
+    .option('--tag <tag>', 'tag the snapshot (repeatable)', collect)
+    .option('--host <name>', 'host name to record (default: this machine)')
+    .option('--parent <snapshot>', 'compare against this snapshot instead of the latest of the same host and paths')
+    .option('--force', 'read every file, even those unchanged since the parent')
+    .action(action(async (g, paths: string[], o: { tag?: string[]; host?: string; parent?: string; force?: boolean }) => {
+      const repo = await openRepository(g);
+      try {
+        let parent;
+        if (o.parent) parent = resolveSnapshot((await listSnapshots(repo)).snapshots, o.parent).id;
+        let live: { archive: { files: number; bytesRead: number }; writer: { bytesAdded: number } } | null = null;
+        const started = performance.now();
+        out.startProgress(() => {
+          if (!live) return 'starting…';
+          const s = (performance.now() - started) / 1000;
+          return `${duration(s)}  ${live.archive.files} files  ${bytes(live.archive.bytesRead)} read  ` +
+            `${bytes(live.writer.bytesAdded)} added  ${bytes(live.archive.bytesRead / Math.max(s, 0.001))}/s`;
+        });
+        const r = await backup(repo, new LocalSource(), {
+          paths: paths.map((p) => path.resolve(p)),
+          tags: o.tag ?? [],
+          force: o.force ?? false,
+          signal: abort.signal,
+          onWarning: (w: BackupWarning) => out.warn(`${printable(w.path)}: ${w.message} [${w.code}]`),
+          onStart: (l) => { live = l; },
+          command: 'holdfast backup',
+          ...(o.host ? { host: o.host } : {}),
+          ...(parent ? { parent } : {}),
+        });
+        out.stopProgress();
+        const st = r.snapshot.stats;
+        if (r.adopted.packs > 0) out.note(`took in ${r.adopted.packs} pack(s) (${r.adopted.blobs} blobs) left by an interrupted backup`);
+        out.line(`snapshot ${shortId(r.id)} saved: ${st.files} files, ${st.dirs} directories; ` +
+          `${st.filesRead} read, ${st.filesUnchanged} unchanged; ${bytes(st.bytesRead)} read, ${bytes(st.bytesAdded)} added ` +
+          `in ${duration(st.seconds)}${r.warnings.length ? `; ${r.warnings.length} warning(s)` : ''}`);
+        out.result({
+          snapshot: r.id, short: shortId(r.id), parent: r.snapshot.parent, ...st,
+          warningList: r.warnings.slice(0, 100),
+        });
+        return r.warnings.length > 0 ? EXIT.warnings : EXIT.ok;
+      } finally {
+        await repo.close();
+      }
+    }));
+
+  program.command('snapshots')
+    .description('list snapshots, oldest first')
+    .action(action(async (g) => {
+      const repo = await openRepository(g);
+      try {
+        const { snapshots, damaged } = await listSnapshots(repo);
+        for (const d of damaged) out.warn(`snapshot ${shortId(d.id)} is unreadable: ${d.error.message}`);
+        out.result(snapshots.map((s) => ({ id: s.id, short: shortId(s.id), ...s.snapshot })));
+        for (const s of snapshots) {
+          const sn = s.snapshot;
+          out.line(`${shortId(s.id)}  ${time(sn.time)}  ${sn.host}  ${sn.paths.join(', ')}` +
+            `${sn.tags.length ? `  [${sn.tags.join(', ')}]` : ''}  ${sn.stats.files} files, ${bytes(sn.stats.bytes)}`);
+        }
+        if (snapshots.length === 0) out.line('no snapshots yet');
+        return damaged.length > 0 ? EXIT.failed : EXIT.ok;
+      } finally {
+        await repo.close();
+      }
+    }));
+
+  const withCatalog = async <T>(g: GlobalOptions, fn: (repo: Repository, catalog: Catalog, snaps: SnapshotEntry[]) => Promise<T>): Promise<T> => {
+    const repo = await openRepository(g);
+    const lock = await repo.lock('shared', 'holdfast catalog');
+    let catalog: Catalog | null = null;
+    try {
+      await repo.loadIndex();
+      catalog = await Catalog.open(cacheDir(g), repo.id);
+      await catalog.sync(repo);
+      const { snapshots } = await listSnapshots(repo);
+      return await fn(repo, catalog, snapshots);
+    } finally {
+      await catalog?.close();
+      await lock.release();
+      await repo.close();
+    }
+  };
+
+  program.command('ls')
+    .description('list a directory of a snapshot ("latest" or an id prefix)')
+    .argument('<snapshot>')
+    .argument('[path]', 'absolute path in the snapshot', '/')
+    .option('-r, --recursive', 'list everything below the path')
+    .option('-l, --long', 'mode, size and time too')
+    .action(action(async (g, ref: string, p: string, o: { recursive?: boolean; long?: boolean }) => {
+      await withCatalog(g, async (_repo, catalog, snaps) => {
+        const s = resolveSnapshot(snaps, ref);
+        const entries = await catalog.list(s.id, p, o.recursive ?? false);
+        out.result({ snapshot: s.id, path: p, entries });
+        for (const e of entries) {
+          out.line(o.long
+            ? `${modeString(e.type, e.mode)} ${String(e.size).padStart(12)} ${time(new Date(e.mtime[0] * 1000).toISOString())} ${printable(e.path)}`
+            : `${printable(e.path)}${e.type === 'dir' ? '/' : ''}`);
+        }
+      });
+    }));
+
+  program.command('find')
+    .description('find files by name (glob: * ? [..]) in every snapshot')
+    .argument('<pattern>')
+    .option('-i, --ignore-case', 'case-insensitive')
+    .option('--snapshot <snapshot>', 'search one snapshot only')
+    .action(action(async (g, pattern: string, o: { ignoreCase?: boolean; snapshot?: string }) => {
+      await withCatalog(g, async (_repo, catalog, snaps) => {
+        const only = o.snapshot ? resolveSnapshot(snaps, o.snapshot).id : undefined;
+        const matches = await catalog.find(pattern, { ignoreCase: o.ignoreCase ?? false, ...(only ? { snapshot: only } : {}) });
+        out.result({ pattern, matches });
+        let last = '';
+        for (const m of matches) {
+          if (m.path !== last) out.line(printable(m.path));
+          last = m.path;
+          out.line(`  ${shortId(m.snapshot)}  ${time(m.time)}  ${modeString(m.type, m.mode)} ${String(m.size).padStart(12)}` +
+            `  modified ${time(new Date(m.mtime[0] * 1000).toISOString())}`);
+        }
+        if (matches.length === 0) out.line(`nothing matches ${pattern}`);
+      });
+    }));
+
+  program.command('restore')
+    .description('restore a snapshot under a target directory')
+    .argument('<snapshot>', '"latest" or an id prefix')
+    .requiredOption('--target <dir>', 'where to restore (snapshot paths are recreated under it)')
+    .option('--include <path>', 'restore only this path of the snapshot (repeatable)', collect)
+    .action(action(async (g, ref: string, o: { target: string; include?: string[] }) => {
+      const repo = await openRepository(g);
+      try {
+        const s = resolveSnapshot((await listSnapshots(repo)).snapshots, ref);
+        let stats: { files: number; bytes: number } | null = null;
+        const started = performance.now();
+        out.startProgress(() => stats
+          ? `${duration((performance.now() - started) / 1000)}  ${stats.files} files  ${bytes(stats.bytes)}`
+          : 'starting…');
+        const r = await restore(repo, s.snapshot, {
+          target: o.target,
+          include: o.include ?? [],
+          signal: abort.signal,
+          onWarning: (w) => out.warn(`${printable(w.path)}: ${w.message} [${w.code}]`),
+          onStart: (st) => { stats = st; },
+        });
+        out.stopProgress();
+        const st = r.stats;
+        out.line(`restored snapshot ${shortId(s.id)} to ${path.resolve(o.target)}: ${st.files} files (${bytes(st.bytes)}), ` +
+          `${st.dirs} directories, ${st.symlinks} symlinks, ${st.hardlinks} hard links in ${duration(r.seconds)}` +
+          `${st.failed ? `; ${st.failed} file(s) NOT restored` : ''}${r.warnings.length ? `; ${r.warnings.length} warning(s)` : ''}`);
+        out.result({ snapshot: s.id, target: path.resolve(o.target), ...st, seconds: r.seconds, warnings: r.warnings.length, warningList: r.warnings.slice(0, 100) });
+        return r.warnings.length > 0 ? EXIT.warnings : EXIT.ok;
+      } finally {
+        await repo.close();
+      }
+    }));
+
+  program.command('check')
+    .description('check the repository; exit 0 only when it is clean')
+    .addOption(new Option('--read-data', 'read and verify every pack'))
+    .addOption(new Option('--read-data-subset <percent>', 'read and verify a random share of the packs, e.g. 10%').argParser(percent))
+    .action(action(async (g, o: { readData?: boolean; readDataSubset?: number }) => {
+      const repo = await openRepository(g);
+      try {
+        const readData = o.readData ? { fraction: 1 } : o.readDataSubset ? { fraction: o.readDataSubset } : null;
+        let phase = 'starting';
+        out.startProgress(() => phase);
+        const r = await check(repo, { readData, onProgress: (p) => { phase = `${p.phase} ${p.done}/${p.total}`; } });
+        out.stopProgress();
+        for (const n of r.notes) out.note(`note: ${n}`);
+        for (const p of r.problems) out.line(`error: ${p.message}`);
+        if (r.damagedPacks.length > 0) {
+          out.line(`damaged packs: ${r.damagedPacks.join(' ')}`);
+        }
+        for (const a of r.affected) {
+          out.line(`snapshot ${shortId(a.snapshot)} (${time(a.time)}) is affected; these cannot be fully restored:`);
+          for (const f of a.paths.slice(0, 1000)) out.line(`  ${printable(f)}`);
+          if (a.paths.length > 1000) out.line(`  … and ${a.paths.length - 1000} more`);
+        }
+        const s = r.stats;
+        out.line(r.ok
+          ? `no errors: ${s.snapshots} snapshots, ${s.trees} trees, ${s.blobs} blobs in ${s.packs} packs` +
+            `${readData ? `; read ${s.packsRead} packs (${bytes(s.bytesRead)})` : ''}`
+          : `${r.problems.length} error(s) found. Affected files are listed above; restore what is intact, ` +
+            'run a new backup to store damaged data again, then `holdfast forget` affected snapshots if needed');
+        out.result(r);
+        return r.ok ? EXIT.ok : EXIT.failed;
+      } finally {
+        await repo.close();
+      }
+    }));
+
+  program.command('forget')
+    .description('forget snapshots by id or by retention policy (data stays until prune)')
+    .argument('[snapshots...]', 'snapshots to forget (ids or prefixes)')
+    .option('--keep-last <n>', 'keep the newest n', count)
+    .option('--keep-hourly <n>', 'keep the newest of each of the last n hours', count)
+    .option('--keep-daily <n>', 'keep the newest of each of the last n days', count)
+    .option('--keep-weekly <n>', 'keep the newest of each of the last n weeks', count)
+    .option('--keep-monthly <n>', 'keep the newest of each of the last n months', count)
+    .option('--keep-yearly <n>', 'keep the newest of each of the last n years', count)
+    .option('--keep-tag <tag>', 'keep every snapshot with this tag (repeatable)', collect)
+    .option('--prune', 'prune afterwards')
+    .option('--dry-run', 'only show what would be forgotten')
+    .action(action(async (g, ids: string[], o: Record<string, number | string[] | boolean | undefined>) => {
+      const repo = await openRepository(g);
+      try {
+        const policy: RetentionPolicy = {};
+        for (const k of ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const) {
+          const v = o[`keep${k[0]!.toUpperCase()}${k.slice(1)}`];
+          if (typeof v === 'number') policy[k] = v;
+        }
+        if (Array.isArray(o.keepTag)) policy.tags = o.keepTag;
+        if (ids.length > 0 && Object.keys(policy).length > 0) {
+          throw new HoldfastError('HF_USAGE', 'give snapshot ids or a retention policy, not both');
+        }
+        const r = await forget(repo, { snapshots: ids, policy: Object.keys(policy).length ? policy : undefined, dryRun: o.dryRun === true });
+        for (const d of r.decisions) {
+          out.line(`${d.keep ? 'keep  ' : o.dryRun ? 'would forget' : 'forget'}  ${shortId(d.entry.id)}  ${time(d.entry.snapshot.time)}  ` +
+            `${d.entry.snapshot.host}  ${d.entry.snapshot.paths.join(', ')}${d.keep ? `  (${d.reasons.join(', ')})` : ''}`);
+        }
+        let pruned = null;
+        if (o.prune && !o.dryRun) pruned = await prune(repo, {});
+        if (pruned) out.line(pruneSummary(pruned));
+        out.result({
+          kept: r.decisions.filter((d) => d.keep).map((d) => d.entry.id),
+          removed: r.removed,
+          wouldRemove: o.dryRun ? r.decisions.filter((d) => !d.keep).map((d) => d.entry.id) : [],
+          prune: pruned,
+        });
+      } finally {
+        await repo.close();
+      }
+    }));
+
+  program.command('prune')
+    .description('remove data that no snapshot needs')
+    .option('--dry-run', 'only show what would be removed')
+    .action(action(async (g, o: { dryRun?: boolean }) => {
+      const repo = await openRepository(g);
+      try {
+        let phase = 'marking';
+        out.startProgress(() => phase);
+        const r = await prune(repo, { dryRun: o.dryRun ?? false, onProgress: (p) => { phase = `${p.phase} ${p.done}/${p.total}`; } });
+        out.stopProgress();
+        out.line(pruneSummary(r));
+        out.result(r);
+      } finally {
+        await repo.close();
+      }
+    }));
+
+  program.command('unlock')
+    .description('remove locks left by processes that are gone')
+    .option('--remove-all', 'remove every lock, even live ones (only when you know no other holdfast runs)')
+    .action(action(async (g, o: { removeAll?: boolean }) => {
+      const storage = new LocalStorage(repoLocation(g));
+      await storage.assertExists();
+      const removed = await removeLocks(storage, o.removeAll ?? false);
+      for (const l of removed) out.line(`removed ${l.mode} lock of pid ${l.pid} on ${l.host} (\`${l.command}\`, ${l.time})`);
+      if (removed.length === 0) out.line('no stale locks');
+      out.result({ removed });
+    }));
+
+  const key = program.command('key').description('manage the passphrase');
+  key.command('passwd')
+    .description('set a new passphrase (from HOLDFAST_NEW_PASSWORD or --new-password-file); open with the old one or the recovery key')
+    .option('--new-password-file <file>', 'the new passphrase')
+    .action(action(async (_o: unknown, cmd: Command) => {
+      const g = program.opts<GlobalOptions>();
+      const o = cmd.opts<{ newPasswordFile?: string }>();
+      const next = passphrase({ passwordFile: o.newPasswordFile }, false) ?? process.env.HOLDFAST_NEW_PASSWORD;
+      if (!next) throw new HoldfastError('HF_NO_PASSWORD', 'no new passphrase: set HOLDFAST_NEW_PASSWORD or pass --new-password-file');
+      const repo = await openRepository(g);
+      try {
+        await repo.changePassphrase(next);
+        out.line('passphrase changed; the recovery key still works');
+        out.result({ changed: true });
+      } finally {
+        await repo.close();
+      }
+    }));
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT.ok;
+      return EXIT.usage;
+    }
+    out.error(err);
+    return EXIT.failed;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  return status;
+}
+
+function pruneSummary(r: { dryRun: boolean; packsDeleted: number; packsRepacked: number; strayPacks: number; blobsRemoved: number; bytesBefore: number; bytesAfter: number }): string {
+  return `${r.dryRun ? 'would remove' : 'removed'} ${r.blobsRemoved} unused blobs: ${r.packsDeleted} packs deleted, ` +
+    `${r.packsRepacked} repacked, ${r.strayPacks} stray; ${bytes(r.bytesBefore)} -> ${bytes(r.bytesAfter)}`;
+}
