@@ -1,0 +1,132 @@
+import fs from 'node:fs';
+import path from 'node:path';
+
+import t, { type Test } from 'tap';
+
+import { backup } from '../appliance/backup/index.ts';
+import { check } from '../appliance/maintenance/index.ts';
+import { Repository } from '../appliance/repository/index.ts';
+import { restore } from '../appliance/restore/index.ts';
+import { listSnapshots } from '../appliance/snapshot/index.ts';
+import { LocalSource } from '../appliance/sources/index.ts';
+import { LocalStorage } from '../appliance/storage/index.ts';
+import { tmpDir } from './helpers/tmp.ts';
+import { allocated, compareTrees, makeOddTree, pseudoRandom } from './helpers/tree.ts';
+
+/** Small chunks so that modest files span many chunks. */
+const SMALL_CHUNKS = { minSize: 16 << 10, avgSize: 64 << 10, maxSize: 256 << 10 };
+
+async function newRepo(t: Test, dir: string, chunker = SMALL_CHUNKS): Promise<Repository> {
+  const { repo } = await Repository.init(new LocalStorage(path.join(dir, 'repo')), 'pw', { chunker, packSize: 1 << 20 });
+  t.teardown(() => repo.close());
+  return repo;
+}
+
+t.test('round trip of an odd tree: bytes, structure, modes, owners, ns times, links, specials', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  await makeOddTree(src);
+  const repo = await newRepo(t, dir);
+  const r = await backup(repo, new LocalSource(), { paths: [src] });
+  t.same(r.warnings, [], 'no warnings');
+  t.ok(r.snapshot.stats.files > 30, `${r.snapshot.stats.files} files`);
+  t.equal(r.snapshot.paths[0], src, 'path recorded as given, absolute');
+
+  const target = path.join(dir, 'out');
+  const res = await restore(repo, r.snapshot, { target });
+  t.same(res.warnings, [], 'restore without warnings');
+  t.equal(res.stats.failed, 0);
+  t.equal(res.stats.hardlinks, 2, 'two extra names of one file restored as hard links');
+  const restored = path.join(target, src); // /t/<abs src>
+  t.same(compareTrees(src, restored), [], 'restored tree is identical');
+
+  const sparse = path.join(restored, 'data', 'sparse.img');
+  t.equal(fs.statSync(sparse).size, 24 * 1024 * 1024 + 4096, 'sparse file keeps its size');
+  t.ok(allocated(sparse) < 4 * 1024 * 1024, `sparse file restored with holes (${allocated(sparse)} bytes allocated)`);
+  t.ok(allocated(path.join(restored, 'data', 'zeros.bin')) < 1024 * 1024, 'all-zero file restored as a hole');
+
+  const c = await check(repo, { readData: { fraction: 1 } });
+  t.ok(c.ok, 'check --read-data passes');
+  t.same(c.problems, []);
+});
+
+t.test('incremental: unchanged files are not read; changed ones are; only new chunks are stored', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  for (let i = 0; i < 50; i++) fs.writeFileSync(path.join(src, `f${i}`), pseudoRandom(`f${i}`, 20_000 + i));
+  fs.writeFileSync(path.join(src, 'big'), pseudoRandom('big', 2 << 20));
+  const repo = await newRepo(t, dir);
+  const first = await backup(repo, new LocalSource(), { paths: [src] });
+  t.equal(first.snapshot.stats.filesRead, 51);
+
+  const second = await backup(repo, new LocalSource(), { paths: [src] });
+  t.equal(second.snapshot.stats.bytesRead, 0, 'no file contents read');
+  t.equal(second.snapshot.stats.filesUnchanged, 51);
+  t.equal(second.snapshot.stats.blobsAdded, 0, 'nothing stored');
+  t.equal(second.snapshot.tree, first.snapshot.tree, 'the same root tree');
+  t.equal(second.snapshot.parent, first.id, 'parent recorded');
+
+  // change one byte in the middle of the big file, and one small file
+  const fd = fs.openSync(path.join(src, 'big'), 'r+');
+  fs.writeSync(fd, Buffer.from([0x42]), 0, 1, 1 << 20);
+  fs.closeSync(fd);
+  fs.writeFileSync(path.join(src, 'f7'), 'changed');
+  const third = await backup(repo, new LocalSource(), { paths: [src] });
+  t.equal(third.snapshot.stats.filesRead, 2, 'only the two changed files read');
+  t.equal(third.snapshot.stats.bytesRead, (2 << 20) + 7);
+  t.ok(third.snapshot.stats.rawAdded < 600_000, `only the changed chunks stored (${third.snapshot.stats.rawAdded} bytes)`);
+
+  const forced = await backup(repo, new LocalSource(), { paths: [src], force: true });
+  t.equal(forced.snapshot.stats.filesRead, 51, '--force reads everything');
+  t.equal(forced.snapshot.stats.blobsAdded, 0, 'but stores nothing new');
+});
+
+t.test('restore of a subtree, and over an existing target with a symlink planted in it', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  await makeOddTree(src);
+  const repo = await newRepo(t, dir);
+  const r = await backup(repo, new LocalSource(), { paths: [src] });
+  const target = path.join(dir, 'out');
+  const sub = path.join(src, 'hard');
+  const res = await restore(repo, r.snapshot, { target, include: [sub] });
+  t.equal(res.stats.failed, 0);
+  t.same(compareTrees(sub, path.join(target, sub)), [], 'subtree identical');
+  t.notOk(fs.existsSync(path.join(target, src, 'data')), 'nothing outside the subtree');
+
+  // An attacker (or an old restore) left a symlink where a directory and a file go.
+  const outside = path.join(dir, 'outside');
+  fs.mkdirSync(outside);
+  const planted = path.join(target, src, 'data');
+  fs.symlinkSync(outside, planted);
+  fs.rmSync(path.join(target, sub, 'third-name'));
+  fs.symlinkSync(path.join(outside, 'victim'), path.join(target, sub, 'third-name'));
+  const again = await restore(repo, r.snapshot, { target });
+  t.equal(again.stats.failed, 0);
+  t.same(fs.readdirSync(outside), [], 'nothing was written through the planted symlinks');
+  t.ok(fs.lstatSync(planted).isDirectory(), 'the symlink was replaced by the directory');
+  t.same(compareTrees(src, path.join(target, src)), [], 'full restore over the old one is identical');
+});
+
+t.test('snapshots of several paths share one root, each under its full path', async (t) => {
+  const dir = tmpDir(t);
+  const a = path.join(dir, 'a');
+  const b = path.join(dir, 'b', 'deeper');
+  fs.mkdirSync(a);
+  fs.mkdirSync(b, { recursive: true });
+  fs.writeFileSync(path.join(a, 'x'), 'x');
+  fs.writeFileSync(path.join(b, 'y'), 'y');
+  fs.writeFileSync(path.join(dir, 'single-file'), 'z');
+  const repo = await newRepo(t, dir);
+  const r = await backup(repo, new LocalSource(), { paths: [b, a, path.join(dir, 'single-file')] });
+  t.same(r.snapshot.paths, [a, b, path.join(dir, 'single-file')].sort());
+  const target = path.join(dir, 'out');
+  await restore(repo, r.snapshot, { target });
+  t.equal(fs.readFileSync(path.join(target, a, 'x'), 'utf8'), 'x');
+  t.equal(fs.readFileSync(path.join(target, b, 'y'), 'utf8'), 'y');
+  t.equal(fs.readFileSync(path.join(target, dir, 'single-file'), 'utf8'), 'z');
+  t.same(fs.readdirSync(path.join(target, dir)).sort(), ['a', 'b', 'single-file'], 'only the chosen entries of the parent');
+  const { snapshots } = await listSnapshots(repo);
+  t.equal(snapshots.length, 1);
+});
