@@ -1,0 +1,97 @@
+// `npm run bench [-- chunker|tree|versions]`: Holdfast's benchmarks (see
+// README.md here). No subcommand runs all three. Exit status 0 when every
+// measurement ran (targets missed included); non-zero when a tool failed or a
+// restore did not verify.
+import fs from 'node:fs';
+import os from 'node:os';
+
+import { type ChunkerResult, benchChunker } from './chunker.ts';
+import { emit, heading, humanOnStderr, note, say } from './report.ts';
+import { BenchError, GNU_TIME, capture } from './run.ts';
+import { toolVersions } from './tools.ts';
+import { type TreeSummary, benchTree } from './tree.ts';
+import { type VersionsSummary, benchVersions } from './versions.ts';
+
+const SUBCOMMANDS = ['chunker', 'tree', 'versions'] as const;
+type Subcommand = (typeof SUBCOMMANDS)[number];
+
+function parseArgs(argv: string[]): Subcommand[] {
+  if (argv.length === 0) return [...SUBCOMMANDS];
+  for (const a of argv) {
+    if (!(SUBCOMMANDS as readonly string[]).includes(a)) {
+      throw new BenchError(`unknown benchmark ${JSON.stringify(a)}; use one or more of: ${SUBCOMMANDS.join(', ')} (none: all)`);
+    }
+  }
+  return SUBCOMMANDS.filter((s) => argv.includes(s));
+}
+
+function machineFacts(work: string): Record<string, unknown> {
+  return {
+    nproc: Number(capture('nproc', [])) || os.availableParallelism(),
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    kernel: `${os.type()} ${os.release()}`,
+    memory_gib: Math.round(os.totalmem() / 2 ** 30),
+    ...toolVersions(work),
+  };
+}
+
+function checkPrerequisites(): void {
+  if (Number(process.versions.node.split('.')[0]) < 26) throw new BenchError(`needs Node 26, running ${process.version}`);
+  if (!fs.existsSync(GNU_TIME)) throw new BenchError(`${GNU_TIME} (GNU time, Debian package \`time\`) is missing`);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const which = parseArgs(argv);
+  const chunkerOnly = which.length === 1 && which[0] === 'chunker';
+  // `bench chunker` prints exactly one JSON line on stdout
+  humanOnStderr(chunkerOnly);
+  checkPrerequisites();
+  const work = process.env.HOLDFAST_BENCH_DIR ?? '/var/tmp/holdfast-bench';
+  fs.mkdirSync(work, { recursive: true });
+
+  if (!chunkerOnly) {
+    const facts = machineFacts(work);
+    heading('machine');
+    for (const [k, v] of Object.entries(facts)) say(`${k.padEnd(10)} ${String(v).replace(/\n/g, '\n           ')}`);
+    say(`work dir   ${work}`);
+    emit({ bench: 'machine', ...facts, work_dir: work });
+  }
+
+  const started = performance.now();
+  let chunker: ChunkerResult | undefined;
+  let tree: TreeSummary | undefined;
+  let versions: VersionsSummary | undefined;
+  if (which.includes('chunker')) {
+    if (!chunkerOnly) heading('chunker: native FastCDC, one thread, 1 GiB of random bytes');
+    chunker = await benchChunker();
+  }
+  if (which.includes('tree')) tree = benchTree(work);
+  if (which.includes('versions')) versions = benchVersions(work);
+  if (chunkerOnly) return;
+
+  const pass: Record<string, boolean> = {};
+  if (chunker) pass.chunker_ratio = chunker.pass;
+  for (const [k, v] of Object.entries(tree?.pass ?? {})) pass[`tree_${k}`] = v;
+  if (versions) pass.versions_repo_size = versions.pass.repo_size;
+  const seconds = Math.round((performance.now() - started) / 1000);
+  heading('summary');
+  for (const [k, v] of Object.entries(pass)) say(`${v ? 'PASS' : 'FAIL'}  ${k}`);
+  say(`${Object.values(pass).filter(Boolean).length} of ${Object.keys(pass).length} targets met in ${seconds} s`);
+  emit({
+    bench: 'summary',
+    ...(chunker ? { chunker: { gbps: chunker.gbps, sha256_gbps: chunker.sha256_gbps, ratio: chunker.ratio } } : {}),
+    ...(tree ? { tree: { files: tree.files, bytes: tree.bytes, vs_restic: tree.vs_restic, vs_borg: tree.vs_borg } } : {}),
+    ...(versions ? { versions: { repo_bytes: versions.repo_bytes, seconds: versions.seconds, size_vs_restic: versions.size_vs_restic, size_vs_borg: versions.size_vs_borg } } : {}),
+    pass,
+    all_pass: Object.values(pass).every(Boolean),
+    seconds,
+  });
+}
+
+try {
+  await main(process.argv.slice(2));
+} catch (err) {
+  note(`\nBENCHMARK FAILED: ${err instanceof Error ? err.message : String(err)}`);
+  if (!(err instanceof BenchError) && err instanceof Error && err.stack) note(err.stack);
+  process.exitCode = 1;
+}
