@@ -9,6 +9,8 @@ import { BenchError, removeTree, run } from './run.ts';
 /** Source directories under / copied in this order until the limit is reached. */
 const TREE_SOURCES = ['usr/lib/x86_64-linux-gnu', 'usr/share', 'usr/include'];
 const TREE_LIMIT = 1.1e9;
+/** Bumped when the way the tree is prepared changes: older copies are made again. */
+const TREE_FORMAT = 2;
 
 export interface TreeStats {
   files: number;
@@ -16,24 +18,23 @@ export interface TreeStats {
   symlinks: number;
   /** Bytes of regular files. */
   bytes: number;
+  /** Regular files with more than one link. */
+  hardlinked: number;
 }
 
-/** Walks a tree in sorted order without following symlinks; visit sees relative paths. */
-export function walk(root: string, visit: (rel: string, st: fs.Stats) => boolean | void): void {
-  const stack: string[] = [''];
-  while (stack.length > 0) {
-    const rel = stack.pop()!;
-    const names = fs.readdirSync(path.join(root, rel)).sort(byCodeUnit);
-    const subdirs: string[] = [];
-    for (const name of names) {
-      const r = rel ? `${rel}/${name}` : name;
-      const st = fs.lstatSync(path.join(root, r));
-      if (visit(r, st) === false) return;
-      if (st.isDirectory()) subdirs.push(r);
-    }
-    // depth-first, in name order
-    for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
+/**
+ * Walks a tree depth-first in name order without following symlinks; visit
+ * sees each entry (relative path) before its children and stops the walk by
+ * returning false. Returns false when stopped.
+ */
+export function walk(root: string, visit: (rel: string, st: fs.Stats) => boolean | void, rel = ''): boolean {
+  for (const name of fs.readdirSync(path.join(root, rel)).sort(byCodeUnit)) {
+    const r = rel ? `${rel}/${name}` : name;
+    const st = fs.lstatSync(path.join(root, r));
+    if (visit(r, st) === false) return false;
+    if (st.isDirectory() && !walk(root, visit, r)) return false;
   }
+  return true;
 }
 
 function byCodeUnit(a: string, b: string): number {
@@ -41,11 +42,12 @@ function byCodeUnit(a: string, b: string): number {
 }
 
 export function treeStats(root: string): TreeStats {
-  const s: TreeStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
+  const s: TreeStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, hardlinked: 0 };
   walk(root, (_rel, st) => {
     if (st.isFile()) {
       s.files++;
       s.bytes += st.size;
+      if (st.nlink > 1) s.hardlinked++;
     } else if (st.isDirectory()) s.dirs++;
     else if (st.isSymbolicLink()) s.symlinks++;
   });
@@ -74,15 +76,26 @@ function selectTreePaths(): string[] {
   throw new BenchError(`only ${bytes} bytes of regular files under ${TREE_SOURCES.join(', ')}; need ${TREE_LIMIT}`);
 }
 
+function markerFormat(marker: string): number | null {
+  try {
+    return (JSON.parse(fs.readFileSync(marker, 'utf8')) as { format?: number }).format ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /**
- * The tree data directory (work/tree-data), copied from /usr with tar
- * (modes, times, symlinks and hard links kept) on the first run; a marker
- * with the byte count says it is complete.
+ * The tree data directory (work/tree-data), copied from /usr with tar on the
+ * first run: modes, owners, times and symlinks kept; hard links become
+ * separate files (as a file copy makes them), so every tool reads every byte
+ * (/usr holds a 13-way hard-linked 25 MB driver, which a tool that reads a
+ * hard-linked file once would skip 300 MB of). A marker with the counts says
+ * the copy is complete.
  */
 export function prepareTree(work: string): { root: string; prepared: boolean } {
   const root = path.join(work, 'tree-data');
   const marker = path.join(work, 'tree-data.done');
-  if (fs.existsSync(marker) && fs.existsSync(root)) return { root, prepared: false };
+  if (markerFormat(marker) === TREE_FORMAT && fs.existsSync(root)) return { root, prepared: false };
 
   note(`tree: copying files from /usr to ${root} (first run only)`);
   removeTree(root);
@@ -95,11 +108,11 @@ export function prepareTree(work: string): { root: string; prepared: boolean } {
   run({
     file: 'bash',
     args: ['-o', 'pipefail', '-c',
-      'tar -C / --null --no-recursion -T "$1" -cf - | tar -C "$2" -xpf -', 'copy', list, staging],
+      'tar -C / --null --no-recursion --hard-dereference -T "$1" -cf - | tar -C "$2" -xpf -', 'copy', list, staging],
   });
   fs.renameSync(staging, root);
   const stats = treeStats(root);
-  fs.writeFileSync(marker, `${JSON.stringify({ ...stats, sources: TREE_SOURCES })}\n`);
+  fs.writeFileSync(marker, `${JSON.stringify({ format: TREE_FORMAT, ...stats, sources: TREE_SOURCES })}\n`);
   fs.rmSync(list);
   return { root, prepared: true };
 }
