@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -13,13 +13,10 @@ export function bpath(dir: string | Buffer, ...names: (string | Buffer)[]): Buff
   return p;
 }
 
-/** Deterministic pseudo-random bytes (SHA-256 in counter mode). */
+/** Deterministic pseudo-random bytes: an AES-256-CTR keystream keyed by the seed. */
 export function pseudoRandom(seed: string, length: number): Buffer {
-  const out = Buffer.allocUnsafe(length);
-  for (let i = 0, o = 0; o < length; i++, o += 32) {
-    createHash('sha256').update(`${seed}:${i}`).digest().copy(out, o);
-  }
-  return out;
+  const key = createHash('sha256').update(seed).digest();
+  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(length));
 }
 
 /**
