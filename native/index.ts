@@ -360,6 +360,42 @@ export class BufferPool {
   }
 }
 
+/**
+ * Reusable buffers in power-of-two size classes from `min` to `max` bytes:
+ * get(n) hands out (a view of) the smallest class that holds n, so a buffer
+ * is never more than twice what it holds. Each class keeps about
+ * `keepBytes` idle (at least one buffer). Larger requests get a buffer of
+ * their own, freed when put back.
+ */
+export class SizedPools {
+  readonly #pools: BufferPool[] = [];
+
+  constructor(min: number, max: number, keepBytes: number) {
+    for (let size = min; ; size *= 2) {
+      this.#pools.push(new BufferPool(size, Math.max(1, Math.floor(keepBytes / size))));
+      if (size >= max) break;
+    }
+  }
+
+  /** Bytes a request for n bytes occupies (for memory budgets). */
+  sizeFor(n: number): number {
+    return this.#pools.find((p) => p.size >= n)?.size ?? n;
+  }
+
+  /** A buffer of exactly n bytes. */
+  get(n: number): Buffer {
+    const pool = this.#pools.find((p) => p.size >= n);
+    return pool ? pool.get().subarray(0, n) : Buffer.allocUnsafeSlow(n);
+  }
+
+  /** Takes back what get() gave (nothing may use it afterwards). */
+  put(buf: Uint8Array): void {
+    const pool = this.#pools.find((p) => p.owns(buf));
+    if (pool) pool.put(buf);
+    else release(buf);
+  }
+}
+
 function codeError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
 }

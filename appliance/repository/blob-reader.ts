@@ -1,4 +1,4 @@
-import { BufferPool, release } from '../../native/index.ts';
+import { BufferPool, SizedPools, release } from '../../native/index.ts';
 import { HoldfastError } from '../errors/index.ts';
 import { type BlobId, type PackId, idBytes, shortId } from './ids.ts';
 import type { BlobLocation } from './master-index.ts';
@@ -35,15 +35,15 @@ export class BlobReader {
   readonly #windowSize: number;
   readonly #keep: number;
   readonly #windows: Window[] = [];
-  readonly #outputs: BufferPool[];
+  readonly #windowBuffers: BufferPool;
+  readonly #outputs: SizedPools;
 
   constructor(repo: Repository, options: { window?: number; keep?: number } = {}) {
     this.#repo = repo;
-    this.#windowSize = options.window ?? 4 << 20;
-    this.#keep = options.keep ?? 6;
-    const max = repo.config.chunker.maxSize;
-    this.#outputs = [[256 << 10, 16], [1 << 20, 8], [Math.max(max, 1 << 20), 4]]
-      .map(([size, keep]) => new BufferPool(size!, keep!));
+    this.#windowSize = options.window ?? 1 << 20;
+    this.#keep = options.keep ?? 3;
+    this.#windowBuffers = new BufferPool(this.#windowSize, this.#keep + 1);
+    this.#outputs = new SizedPools(4 << 10, repo.config.chunker.maxSize, 1 << 20);
   }
 
   async load(id: BlobId): Promise<LoadedBlob> {
@@ -54,8 +54,7 @@ export class BlobReader {
     try {
       const data = await w.data;
       const sealed = data.subarray(loc.offset - w.start, loc.offset - w.start + loc.length);
-      const pool = loc.rawLength >= 128 << 10 ? this.#outputs.find((p) => p.size >= loc.rawLength) : undefined;
-      out = pool ? pool.get().subarray(0, loc.rawLength) : Buffer.allocUnsafe(loc.rawLength);
+      out = this.#outputs.get(loc.rawLength);
       const { allZero } = await this.#repo.sealer.openSized(blobAad(loc.type, id), sealed, loc.rawLength, idBytes(id), out)
         .catch((cause: unknown) => {
           throw new HoldfastError('HF_PACK_CORRUPT',
@@ -72,11 +71,14 @@ export class BlobReader {
     }
   }
 
+  /** Memory a blob of this size occupies once loaded (for the caller's budget). */
+  footprint(rawLength: number): number {
+    return this.#outputs.sizeFor(rawLength);
+  }
+
   /** Hands a plaintext buffer back (nothing may use it afterwards). */
   done(plain: Buffer): void {
-    const pool = this.#outputs.find((p) => p.owns(plain));
-    if (pool) pool.put(plain);
-    else release(plain);
+    this.#outputs.put(plain);
   }
 
   #window(loc: BlobLocation): Window {
@@ -86,7 +88,7 @@ export class BlobReader {
     const end = Math.max(loc.offset + loc.length, Math.min(loc.offset + this.#windowSize, this.#packDataEnd(loc)));
     const w: Window = {
       pack: loc.pack, start, end, users: 0, evicted: false,
-      data: this.#repo.storage.load('pack', loc.pack, start, end - start),
+      data: this.#read(loc.pack, start, end - start),
     };
     w.data.catch(() => undefined);
     this.#windows.push(w);
@@ -98,12 +100,28 @@ export class BlobReader {
     return w;
   }
 
+  /** Reads a span into a pooled buffer when it fits one (a larger blob gets its own). */
+  async #read(pack: PackId, start: number, length: number): Promise<Buffer> {
+    if (length > this.#windowBuffers.size) return this.#repo.storage.load('pack', pack, start, length);
+    const buf = this.#windowBuffers.get();
+    try {
+      return await this.#repo.storage.load('pack', pack, start, length, buf.subarray(0, length));
+    } catch (err) {
+      this.#windowBuffers.put(buf);
+      throw err;
+    }
+  }
+
   /** Where the pack's blobs end (its size minus header and trailer), as known from the index. */
   #packDataEnd(loc: BlobLocation): number {
     return this.#repo.packDataEnd(loc.pack) ?? loc.offset + loc.length;
   }
 
   #maybeFree(w: Window): void {
-    if (w.evicted && w.users === 0) w.data.then(release, () => undefined);
+    if (!w.evicted || w.users > 0) return;
+    w.data.then((b) => {
+      if (this.#windowBuffers.owns(b)) this.#windowBuffers.put(b);
+      else release(b);
+    }, () => undefined);
   }
 }

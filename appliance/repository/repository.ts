@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 
-import { BufferPool, Chunker, Sealer, deriveGearTable, sealBlobSize, sha256 } from '../../native/index.ts';
+import { BufferPool, Chunker, Sealer, SizedPools, deriveGearTable, sealBlobSize, sha256 } from '../../native/index.ts';
 import { HoldfastError, hasCode } from '../errors/index.ts';
 import { LocalStorage, type Storage } from '../storage/index.ts';
 import { DEFAULT_CHUNKER, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE, type RepoConfig, parseConfig } from './config.ts';
@@ -259,7 +259,7 @@ export class RepositoryWriter {
   /** Pack write batches (a larger sealed blob is written from its own copy). */
   readonly #batches: BufferPool;
   /** Sealing outputs by size class (small blobs use throwaway buffers). */
-  readonly #outputs: BufferPool[];
+  readonly #outputs: SizedPools;
   /** Blobs being sealed or sitting in an unwritten pack. */
   readonly #pending = new Set<BlobId>();
   readonly #finishing = new Set<Promise<void>>();
@@ -274,9 +274,7 @@ export class RepositoryWriter {
     this.written = keepEntries ? [] : null;
     const maxChunk = repo.config.chunker.maxSize;
     this.#batches = new BufferPool(2 << 20, 2);
-    // Kept buffers per class: enough for the seals the threadpool runs at once.
-    this.#outputs = [[128 << 10, 4], [512 << 10, 2], [1 << 20, 2], [2 << 20, 1], [Math.max(maxChunk, 2 << 20), 1]]
-      .map(([n, keep]) => new BufferPool(sealBlobSize(n!), keep!));
+    this.#outputs = new SizedPools(4 << 10, sealBlobSize(maxChunk), 1 << 20);
     this.#packers = new Map([
       [BlobType.data, new PackWriter(repo.storage, BlobType.data, this.#batches)],
       [BlobType.tree, new PackWriter(repo.storage, BlobType.tree, this.#batches)],
@@ -299,25 +297,23 @@ export class RepositoryWriter {
       if (this.known(id)) return { id, added: false };
       this.#pending.add(id);
     }
-    const need = sealBlobSize(plain.length);
-    const pool = plain.length >= 32 << 10 ? this.#outputs.find((p) => p.size >= need) : undefined;
-    const out = pool?.get();
+    const out = this.#outputs.get(sealBlobSize(plain.length));
     let sealed: { id: Buffer; sealed: Buffer };
     try {
       sealed = await this.#repo.sealer.sealBlob(type, plain, true, id === null ? null : idBytes(id), out);
     } catch (err) {
       if (id !== null) this.#pending.delete(id);
-      if (out) pool!.put(out);
+      this.#outputs.put(out);
       throw err;
     }
     const blobId = id ?? blobIdOf(sealed.id);
     if (id === null && this.known(blobId)) {
-      if (out) pool!.put(out);
+      this.#outputs.put(out);
       return { id: blobId, added: false };
     }
     if (id === null) this.#pending.add(blobId);
     const written = this.#append(type, blobId, sealed.sealed, plain.length);
-    if (out) pool!.put(out); // the packer copied it
+    this.#outputs.put(out); // the packer copied it
     await this.#backpressure(type, written);
     return { id: blobId, added: true };
   }

@@ -9,7 +9,7 @@ import { type Snapshot, type TreeNode, displayName, isSafeName, loadTree, splitP
 
 /** Files restored at once, and plaintext bytes being fetched at once. */
 const FILES_IN_FLIGHT = 16;
-const FETCH_BUDGET = 32 << 20;
+const FETCH_BUDGET = 8 << 20;
 
 export type RestoreWarningCode =
   | 'HF_WARN_UNSAFE_NAME' | 'HF_WARN_DAMAGED' | 'HF_WARN_WRITE' | 'HF_WARN_SKIPPED';
@@ -367,7 +367,7 @@ class Restorer {
 
   async #reserve(size: number): Promise<number> {
     this.#checkAbort();
-    const units = Math.min(size, FETCH_BUDGET);
+    const units = Math.min(this.#reader.footprint(size), FETCH_BUDGET);
     await this.#budget.acquire(units);
     return units;
   }
@@ -384,7 +384,7 @@ class Restorer {
 
   #done(blob: { plain: Buffer; size: number }): void {
     this.#reader.done(blob.plain);
-    this.#budget.release(Math.min(blob.size, FETCH_BUDGET));
+    this.#budget.release(Math.min(this.#reader.footprint(blob.size), FETCH_BUDGET));
   }
 
   /** A multi-chunk file: chunks fetched concurrently (within the budget), written at their offsets. */

@@ -49,9 +49,9 @@ export class FaultyStorage implements Storage {
     };
   }
 
-  async load(type: FileType, name: string, offset?: number, length?: number): Promise<Buffer> {
+  async load(type: FileType, name: string, offset?: number, length?: number, into?: Buffer): Promise<Buffer> {
     this.#check('load', type, name);
-    return this.#inner.load(type, name, offset, length);
+    return this.#inner.load(type, name, offset, length, into);
   }
 
   async stat(type: FileType, name: string): Promise<FileInfo> {

@@ -158,7 +158,7 @@ export class LocalStorage implements Storage {
     };
   }
 
-  async load(type: FileType, name: string, offset?: number, length?: number): Promise<Buffer> {
+  async load(type: FileType, name: string, offset?: number, length?: number, into?: Buffer): Promise<Buffer> {
     const p = this.#path(type, name);
     try {
       if (offset === undefined) return await fsp.readFile(p);
@@ -166,7 +166,8 @@ export class LocalStorage implements Storage {
       try {
         const fh = await lease.fh;
         const len = length ?? (await fh.stat()).size - offset;
-        const buf = Buffer.allocUnsafe(len);
+        if (into && into.length !== len) throw new HoldfastError('HF_INVALID_ARGUMENT', `destination holds ${into.length} bytes, not ${len}`);
+        const buf = into ?? Buffer.allocUnsafe(len);
         let done = 0;
         while (done < len) {
           const { bytesRead } = await fh.read(buf, done, len - done, offset + done);

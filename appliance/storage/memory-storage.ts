@@ -34,13 +34,17 @@ export class MemoryStorage implements Storage {
     };
   }
 
-  async load(type: FileType, name: string, offset?: number, length?: number): Promise<Buffer> {
+  async load(type: FileType, name: string, offset?: number, length?: number, into?: Buffer): Promise<Buffer> {
     const data = this.#files.get(this.#key(type, name));
     if (!data) throw new HoldfastError('HF_STORAGE_NOT_FOUND', `${type} ${name} is missing from ${this.location}`);
     if (offset === undefined) return Buffer.from(data);
     const end = length === undefined ? data.length : offset + length;
     if (end > data.length) {
       throw new HoldfastError('HF_IO', `${type} ${name}: wanted bytes up to ${end}, the file ends at ${data.length}`);
+    }
+    if (into) {
+      data.copy(into, 0, offset, end);
+      return into;
     }
     return Buffer.from(data.subarray(offset, end));
   }

@@ -48,7 +48,8 @@ export interface Storage {
   save(type: FileType, name: string, parts: readonly Uint8Array[], options?: SaveOptions): Promise<void>;
   /** Starts a file to be written in pieces and named at the end. */
   create(type: FileType): Promise<FileWriter>;
-  load(type: FileType, name: string, offset?: number, length?: number): Promise<Buffer>;
+  /** With `into` (exactly `length` bytes), a range is read into the caller's buffer and that is returned. */
+  load(type: FileType, name: string, offset?: number, length?: number, into?: Buffer): Promise<Buffer>;
   stat(type: FileType, name: string): Promise<FileInfo>;
   list(type: FileType): Promise<FileInfo[]>;
   remove(type: FileType, name: string): Promise<void>;

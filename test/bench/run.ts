@@ -123,7 +123,7 @@ export interface Target {
 }
 
 export function mountTarget(p: string): Target {
-  unmountTarget({ path: p, tmpfs: isMountPoint(p) });
+  releaseStaleMount(p);
   fs.mkdirSync(p, { recursive: true });
   const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=6g', 'tmpfs', p], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   if (r.status === 0) return { path: p, tmpfs: true };
@@ -135,6 +135,8 @@ export function unmountTarget(t: Target): void {
   removeTree(t.path);
 }
 
-function isMountPoint(p: string): boolean {
-  return spawnSync('mountpoint', ['-q', p]).status === 0;
+/** Unmounts and removes a restore target left behind by an interrupted run. */
+export function releaseStaleMount(p: string): void {
+  if (spawnSync('mountpoint', ['-q', p]).status === 0) run({ file: 'umount', args: [p] });
+  removeTree(p);
 }

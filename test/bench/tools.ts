@@ -47,7 +47,7 @@ function resticSession(dir: string, repo: string): Session {
     tool: 'restic',
     repo,
     init: { file: 'restic', args: ['init', '--repo', repo], env },
-    backup: (source) => ({ file: 'restic', args: ['backup', '--repo', repo, '-q', source], env, ok: [0] }),
+    backup: (source) => ({ file: 'restic', args: ['backup', '--repo', repo, '-q', source], env }),
     restore: (target) => ({ file: 'restic', args: ['restore', 'latest', '--repo', repo, '--target', target, '-q'], env }),
     warmUp: () => {},
   };
@@ -64,7 +64,7 @@ function borgSession(dir: string, repo: string): Session {
       last = n;
       return { file: 'borg', args: ['create', '--compression', 'zstd,3', `${repo}::a${n}`, source], env };
     },
-    // borg extracts relative paths into the current directory
+    // the archive of the last backup; borg extracts relative paths into the current directory
     restore: (target) => ({ file: 'borg', args: ['extract', `${repo}::a${last}`], env, cwd: target }),
     warmUp: () => {},
   };

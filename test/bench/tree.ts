@@ -4,7 +4,7 @@ import path from 'node:path';
 
 import { prepareTree, treeStats } from './data.ts';
 import { emit, heading, mib, note, passMark, ratio, round, say, secs, table } from './report.ts';
-import { type TimedResult, BenchError, duBytes, mountTarget, removeTree, run, timed, unmountTarget, warmPageCache } from './run.ts';
+import { type TimedResult, BenchError, duBytes, mountTarget, releaseStaleMount, removeTree, run, timed, unmountTarget, warmPageCache } from './run.ts';
 import { type ToolName, TOOLS, openSession, parseHoldfastBackup, restoredPath } from './tools.ts';
 import { verifyRestore } from './verify.ts';
 
@@ -17,8 +17,8 @@ interface ToolResult {
   repoBytes: number;
 }
 
-/** Targets against restic: [name, holdfast/restic ratio, how it passes, threshold]. */
-interface Target {
+/** A target on one holdfast/restic ratio. */
+interface Goal {
   name: string;
   value: number;
   /** 'min': value must be at least target; 'max': at most. */
@@ -39,6 +39,7 @@ function holdfastExtra(tool: ToolName, op: Op, r: TimedResult): Record<string, u
 
 function measureTool(tool: ToolName, work: string, data: string, bytes: number): ToolResult {
   const dir = path.join(work, 'tree', tool);
+  releaseStaleMount(path.join(dir, 'restore'));
   const s = openSession(tool, dir);
   s.warmUp();
   run(s.init);
@@ -93,8 +94,8 @@ function ratios(hf: ToolResult, other: ToolResult): Record<string, number> {
   return r;
 }
 
-function targets(vsRestic: Record<string, number>): Target[] {
-  const t = (name: string, kind: 'min' | 'max', target: number): Target => ({ name, value: vsRestic[name]!, kind, target });
+function goals(vsRestic: Record<string, number>): Goal[] {
+  const t = (name: string, kind: 'min' | 'max', target: number): Goal => ({ name, value: vsRestic[name]!, kind, target });
   return [
     t('first_backup_speed', 'min', 1.5),
     t('nochange_speed', 'min', 2),
@@ -104,7 +105,7 @@ function targets(vsRestic: Record<string, number>): Target[] {
   ];
 }
 
-function passes(t: Target): boolean {
+function passes(t: Goal): boolean {
   return t.kind === 'min' ? t.value >= t.target : t.value <= t.target;
 }
 
@@ -139,7 +140,7 @@ export function benchTree(work: string): TreeSummary {
   const vsRestic = ratios(hf, restic);
   const vsBorg = ratios(hf, borg);
   say('');
-  const list = targets(vsRestic);
+  const list = goals(vsRestic);
   table(['holdfast vs restic', 'ratio', 'target', 'result', 'vs borg'], list.map((t) => [
     t.name, ratio(t.value), `${t.kind === 'min' ? '>=' : '<='} ${t.target}`, passMark(passes(t)), ratio(vsBorg[t.name]!),
   ]));
