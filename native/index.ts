@@ -22,6 +22,8 @@ interface Binding {
   sealBound(n: number): number;
   sealBlob(sealer: object, type: number, plain: Uint8Array, compress: boolean, id: Uint8Array | null, out: Uint8Array): Promise<number>;
   sealData(sealer: object, aad: Uint8Array, plain: Uint8Array, compress: boolean, out: Uint8Array): Promise<number>;
+  sealBlobs(sealer: object, type: number, plain: Uint8Array, lens: number[], compress: boolean, out: Uint8Array): Promise<Buffer>;
+  readFiles(paths: Uint8Array, sizes: number[], out: Uint8Array): Promise<Buffer>;
   open(sealer: object, aad: Uint8Array, sealed: Uint8Array, maxPlain: number, expectId: Uint8Array | null, out: Uint8Array | null): Promise<[Buffer | null, boolean]>;
   sha256(parts: Uint8Array[]): Promise<Buffer>;
   createHasher(): object;
@@ -119,6 +121,13 @@ export class Chunker {
   }
 }
 
+/** Bytes sealBlobs needs for blobs of these sizes. */
+export function sealBlobsSize(lens: readonly number[]): number {
+  let n = 0;
+  for (const l of lens) n += native.sealBound(l);
+  return n;
+}
+
 /** Bytes sealBlob needs for a blob of n bytes: its id and the worst-case sealed size. */
 export function sealBlobSize(n: number): number {
   return ID_LENGTH + native.sealBound(n);
@@ -153,6 +162,21 @@ export class Sealer {
     out ??= Buffer.allocUnsafe(sealBlobSize(plain.length));
     const n = await native.sealBlob(this.#handle, type, plain, compress, id, out);
     return { id: out.subarray(0, ID_LENGTH), sealed: out.subarray(ID_LENGTH, n) };
+  }
+
+  /**
+   * Seals many blobs of one type in one job: plain holds them back to back
+   * (lens), ids are computed. `out` (at least sealBlobsSize(lens) bytes)
+   * receives the sealed blobs back to back; the results say where.
+   */
+  async sealBlobs(type: number, plain: Uint8Array, lens: number[], compress: boolean, out: Buffer): Promise<{ id: Buffer; sealed: Buffer }[]> {
+    const recs = await native.sealBlobs(this.#handle, type, plain, lens, compress, out);
+    const results: { id: Buffer; sealed: Buffer }[] = [];
+    for (let o = 0; o < recs.length; o += 40) {
+      const at = recs.readUInt32LE(o);
+      results.push({ id: recs.subarray(o + 8, o + 40), sealed: out.subarray(at, at + recs.readUInt32LE(o + 4)) });
+    }
+    return results;
   }
 
   /** Seals bytes under an arbitrary AAD (files: the AAD is their magic). */
@@ -212,6 +236,25 @@ export class Hasher {
 export function readFile(path: Uint8Array, out: Uint8Array): Promise<number> {
   return native.readFile(path, out);
 }
+
+/**
+ * Reads many small regular files into out, back to back, in one threadpool
+ * job; each gets room for its listed size. Per file: where its bytes are, or
+ * the errno code (EFBIG: it grew past its listed size; EINVAL: not a regular
+ * file any more; ENOENT, EACCES, ELOOP, …).
+ */
+export async function readFiles(paths: readonly Uint8Array[], sizes: readonly number[], out: Buffer): Promise<({ data: Buffer } | { errno: number })[]> {
+  const joined = Buffer.concat(paths.flatMap((p) => [p, NUL]));
+  const recs = await native.readFiles(joined, [...sizes], out);
+  const results: ({ data: Buffer } | { errno: number })[] = [];
+  for (let o = 0; o < recs.length; o += 12) {
+    const errno = recs.readInt32LE(o + 8);
+    const at = recs.readUInt32LE(o);
+    results.push(errno ? { errno } : { data: out.subarray(at, at + recs.readUInt32LE(o + 4)) });
+  }
+  return results;
+}
+const NUL = Buffer.alloc(1);
 
 export interface ScanEntry {
   name: Buffer;

@@ -8,12 +8,25 @@ import { type Source, type SourceStat, joinPath } from '../sources/index.ts';
 import { Semaphore } from './limits.ts';
 
 /** Files read at once; files larger than SMALL_READ also take one of LARGE_FILES slots. */
-const FILES_IN_FLIGHT = 8;
+const FILES_IN_FLIGHT = 16;
 const LARGE_FILES = 2;
 /** Read buffers: a small file in one (of two sizes), a large file in pieces of LARGE_READ. */
 const TINY_READ = 64 << 10;
 const SMALL_READ = 1 << 20;
 const LARGE_READ = 4 << 20;
+/**
+ * Small files (one chunk each) are read and sealed in batches of up to this
+ * many files and bytes: two threadpool jobs per batch instead of two per file.
+ */
+const BATCH_FILES = 64;
+const BATCH_BYTES = 1 << 20;
+const BATCHES_IN_FLIGHT = 8;
+/**
+ * Directories walked at once beside the main walk. A directory takes a slot
+ * only if one is free, else it is walked in line: no walk ever waits for a
+ * slot held by its own ancestor.
+ */
+const DIRS_IN_FLIGHT = 8;
 /** Plaintext bytes handed to sealing and not yet packed. Reading waits beyond this. */
 const SEAL_BUDGET = 8 << 20;
 
@@ -40,6 +53,13 @@ interface Listing {
   id: BlobId;
   nodes: TreeNode[];
   byName: Map<string, TreeNode>;
+}
+
+interface BatchItem {
+  path: Buffer;
+  name: Buffer;
+  e: SourceStat;
+  resolve: (node: TreeNode | null) => void;
 }
 
 interface TrieNode {
@@ -126,7 +146,7 @@ function warningCode(err: unknown): WarningCode {
 
 /**
  * Walks a source and stores what changed. Directories are walked depth
- * first, one listing at a time; files are read and chunked concurrently
+ * first, several at a time (DIRS_IN_FLIGHT); files are read and chunked concurrently
  * (FILES_IN_FLIGHT), and reading waits while SEAL_BUDGET bytes are queued for
  * sealing. A file unchanged since the parent snapshot reuses its chunk list
  * unread; a directory whose listing equals the parent's reuses its tree.
@@ -147,6 +167,9 @@ export class Archiver {
   readonly #tinyReads = new BufferPool(TINY_READ, FILES_IN_FLIGHT);
   readonly #smallReads = new BufferPool(SMALL_READ, 2);
   readonly #largeReads = new BufferPool(LARGE_READ, LARGE_FILES);
+  readonly #batchReads = new BufferPool(BATCH_BYTES, BATCHES_IN_FLIGHT);
+  readonly #batchSlots = new Semaphore(BATCHES_IN_FLIGHT);
+  readonly #dirSlots = new Semaphore(DIRS_IN_FLIGHT);
   readonly #chunkers: Chunker[] = [];
   readonly #hardlinks = new Map<string, Promise<BlobId[] | null>>();
   readonly #tasks = new Set<Promise<unknown>>();
@@ -262,23 +285,123 @@ export class Archiver {
     for (const p of listing.problems) this.#warn(joinPath(path, p.name), p.error);
     const parent = await this.#parentListing(parentTree, path);
     const nodes: (TreeNode | Promise<TreeNode | null> | null)[] = [];
+    let batch: BatchItem[] = [];
+    let batchBytes = 0;
     for (const e of listing.entries) {
       this.#checkAbort();
       const pnode = parent?.byName.get(e.name.toString('latin1')) ?? null;
-      nodes.push((await this.#start(joinPath(path, e.name), e.name, e, pnode)).node);
+      const p = joinPath(path, e.name);
+      if (this.#batchable(e, pnode)) {
+        if (batch.length >= BATCH_FILES || batchBytes + e.size > BATCH_BYTES) {
+          await this.#startBatch(batch);
+          batch = [];
+          batchBytes = 0;
+        }
+        this.stats.files++;
+        nodes.push(new Promise<TreeNode | null>((resolve) => batch.push({ path: p, name: e.name, e, resolve })));
+        batchBytes += e.size;
+        continue;
+      }
+      nodes.push((await this.#start(p, e.name, e, pnode)).node);
     }
+    // Flushed before the listing is awaited: its nodes wait on this batch.
+    if (batch.length > 0) await this.#startBatch(batch);
     return this.#saveTree(await this.#settle(nodes), parent);
   }
 
+  /** A file to read in a batch: new or changed, one chunk, one link, and a source that can. */
+  #batchable(e: SourceStat, pnode: TreeNode | null): boolean {
+    return e.type === 'file' && e.links === 1 && e.size < this.#repo.config.chunker.minSize &&
+      e.size <= BATCH_BYTES && this.#source.readMany !== undefined && (this.#force || !reusable(e, pnode));
+  }
+
+  async #startBatch(items: BatchItem[]): Promise<void> {
+    await this.#batchSlots.acquire();
+    const task = this.#runBatch(items)
+      .catch((err: unknown) => {
+        this.#failure ??= err;
+        for (const it of items) it.resolve(null);
+      })
+      .finally(() => {
+        this.#batchSlots.release();
+        this.#tasks.delete(task);
+      });
+    this.#tasks.add(task);
+  }
+
   /**
-   * Starts one entry. Directories are finished before this resolves (depth
-   * first); a file resolves once it has a reading slot, its node later.
+   * Reads a batch of small files in one job and seals them in one job. A
+   * file that grew past its listed size goes the usual way; a file that
+   * cannot be read is a warning, like any other.
+   */
+  async #runBatch(items: BatchItem[]): Promise<void> {
+    const buf = this.#batchReads.get();
+    try {
+      const results = await this.#source.readMany!(items.map((i) => i.path), items.map((i) => i.e.size), buf);
+      const done: { item: BatchItem; length: number }[] = [];
+      const lens: number[] = [];
+      let total = 0;
+      for (const [k, r] of results.entries()) {
+        const item = items[k]!;
+        if ('data' in r) {
+          done.push({ item, length: r.data.length });
+          if (r.data.length > 0) lens.push(r.data.length);
+          total += r.data.length;
+        } else if (r.error.code === 'EFBIG' || r.error.code === 'EINVAL') {
+          // it grew, or is no longer a regular file: the usual path decides
+          item.resolve(await this.#file(item.path, item.name, item.e).catch((err: unknown) => { this.#failure ??= err; return null; }));
+        } else {
+          this.#warn(item.path, r.error, warningCode(r.error), `file not backed up: ${describeSourceError(r.error)}`);
+          item.resolve(null);
+        }
+      }
+      this.stats.bytesRead += total;
+      let ids: BlobId[] = [];
+      if (lens.length > 0) {
+        await this.#sealBudget.acquire(Math.min(total, SEAL_BUDGET));
+        try {
+          ids = await this.#writer.saveBlobs(BlobType.data, buf.subarray(0, total), lens);
+        } finally {
+          this.#sealBudget.release(Math.min(total, SEAL_BUDGET));
+        }
+      }
+      let next = 0;
+      for (const { item, length } of done) {
+        const content = length > 0 ? [ids[next++]!] : [];
+        if (length !== item.e.size) {
+          this.#warn(item.path, null, 'HF_WARN_CHANGED',
+            `file changed while being read (listed with ${item.e.size} bytes, read ${length}); stored as read`);
+        }
+        this.stats.filesRead++;
+        this.stats.bytes += length;
+        item.resolve(nodeOf(item.name, item.e, { content, size: length }));
+      }
+    } finally {
+      this.#batchReads.put(buf);
+    }
+  }
+
+  /**
+   * Starts one entry. A directory is walked beside this one when a slot is
+   * free (its node comes later), else before this resolves; a file resolves
+   * once it has a reading slot, its node later.
    */
   async #start(path: Buffer, name: Buffer, e: SourceStat, pnode: TreeNode | null): Promise<{ node: TreeNode | null | Promise<TreeNode | null> }> {
     if (e.type === 'dir') {
       this.stats.dirs++;
-      const subtree = await this.#dir(path, pnode?.type === 'dir' ? pnode.subtree! : null);
-      return { node: nodeOf(name, e, { subtree }) };
+      const parentTree = pnode?.type === 'dir' ? pnode.subtree! : null;
+      if (!this.#dirSlots.tryAcquire()) {
+        return { node: nodeOf(name, e, { subtree: await this.#dir(path, parentTree) }) };
+      }
+      const task = this.#dir(path, parentTree)
+        .then((subtree) => nodeOf(name, e, { subtree }))
+        .finally(() => {
+          this.#dirSlots.release();
+          this.#tasks.delete(task);
+        });
+      this.#tasks.add(task);
+      task.catch((err: unknown) => { this.#failure ??= err; });
+      return { node: task };
     }
     if (e.type !== 'file') return { node: nodeOf(name, e, {}) };
     this.stats.files++;

@@ -16,6 +16,13 @@ export class Semaphore {
     return new Promise((resolve) => this.#waiters.push({ n, resolve }));
   }
 
+  /** Takes n units if they are free now; never waits. */
+  tryAcquire(n = 1): boolean {
+    if (this.#waiters.length > 0 || this.#free < n) return false;
+    this.#free -= n;
+    return true;
+  }
+
   release(n = 1): void {
     this.#free += n;
     while (this.#waiters.length > 0 && this.#free >= this.#waiters[0]!.n) {

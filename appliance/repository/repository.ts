@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 
-import { BufferPool, Chunker, Sealer, SizedPools, deriveGearTable, sealBlobSize, sha256 } from '../../native/index.ts';
+import { BufferPool, Chunker, Sealer, SizedPools, deriveGearTable, sealBlobSize, sealBlobsSize, sha256 } from '../../native/index.ts';
 import { HoldfastError, hasCode } from '../errors/index.ts';
 import { LocalStorage, type Storage } from '../storage/index.ts';
 import { DEFAULT_CHUNKER, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE, type RepoConfig, parseConfig } from './config.ts';
@@ -316,6 +316,32 @@ export class RepositoryWriter {
     this.#outputs.put(out); // the packer copied it
     await this.#backpressure(type, written);
     return { id: blobId, added: true };
+  }
+
+  /**
+   * Stores many small blobs of one type (plain holds them back to back) in
+   * one sealing job; ids are computed. Returns each blob's id; known blobs
+   * are not stored again.
+   */
+  async saveBlobs(type: BlobType, plain: Buffer, lens: number[]): Promise<BlobId[]> {
+    this.#throwIfFailed();
+    const out = this.#outputs.get(sealBlobsSize(lens));
+    try {
+      const sealed = await this.#repo.sealer.sealBlobs(type, plain, lens, true, out);
+      const ids: BlobId[] = [];
+      let written: Promise<void> | undefined;
+      for (let i = 0; i < sealed.length; i++) {
+        const id = blobIdOf(sealed[i]!.id);
+        ids.push(id);
+        if (this.known(id)) continue;
+        this.#pending.add(id);
+        written = this.#append(type, id, sealed[i]!.sealed, lens[i]!) ?? written;
+      }
+      await this.#backpressure(type, written);
+      return ids;
+    } finally {
+      this.#outputs.put(out); // the packer copied what it kept
+    }
   }
 
   /** Puts a sealed blob (copied) into the open pack of its type. */

@@ -30,6 +30,9 @@ export interface ReadBuffers {
   put(buf: Uint8Array): void;
 }
 
+/** What readMany gives per file: its bytes, or why not. */
+export type ReadManyResult = { data: Buffer } | { error: Error & { code?: string } };
+
 export interface Listing {
   /** Sorted by name bytes. */
   entries: SourceEntry[];
@@ -58,6 +61,13 @@ export interface Source {
   stat(path: Buffer): Promise<SourceStat>;
   list(dir: Buffer): Promise<Listing>;
   read(path: Buffer, sizeHint: number, buffers?: ReadBuffers): AsyncIterable<Buffer>;
+  /**
+   * Optional: reads many small files at once into `into` (which has room for
+   * the sum of their listed sizes). A file that grew past its listed size
+   * fails with code EFBIG (the caller reads it with read()); other failures
+   * are per file, with read()'s codes.
+   */
+  readMany?(paths: readonly Buffer[], sizes: readonly number[], into: Buffer): Promise<ReadManyResult[]>;
   close(): Promise<void>;
 }
 

@@ -120,6 +120,10 @@ static char *dup_path(const uint8_t *p, size_t n) {
 
 /* ---------- results ---------- */
 
+static void put_u32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
 static void free_cb(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -612,6 +616,110 @@ static napi_value seal_data(napi_env env, napi_callback_info info) {
   return job_start(env, &j->base, "holdfast:seal");
 }
 
+/* sealBlobs: many blobs of one type in one job. */
+typedef struct seal_many_job {
+  job base;
+  hf_sealer *s;
+  int type;
+  const uint8_t *plain;
+  uint32_t *lens;
+  size_t count;
+  bool compress;
+  uint8_t *out;
+  size_t out_cap;
+  uint8_t *records; /* per blob: u32 offset in out, u32 sealed length, id(32) */
+} seal_many_job;
+
+static void seal_many_exec(job *base) {
+  seal_many_job *j = (seal_many_job *)base;
+  const uint8_t *p = j->plain;
+  size_t pos = 0;
+  for (size_t i = 0; i < j->count; i++) {
+    uint8_t aad[1 + HF_ID_LEN];
+    uint8_t *rec = j->records + i * 40;
+    size_t sealed_len = 0;
+    aad[0] = (uint8_t)j->type;
+    if (hf_sealer_id(j->s, p, j->lens[i], aad + 1, &base->err)) return;
+    if (hf_seal(j->s, aad, sizeof aad, p, j->lens[i], j->compress, j->out + pos, j->out_cap - pos, &sealed_len, &base->err))
+      return;
+    put_u32(rec, (uint32_t)pos);
+    put_u32(rec + 4, (uint32_t)sealed_len);
+    memcpy(rec + 8, aad + 1, HF_ID_LEN);
+    pos += sealed_len;
+    p += j->lens[i];
+  }
+}
+
+static napi_value seal_many_done(napi_env env, job *base) {
+  seal_many_job *j = (seal_many_job *)base;
+  napi_value out;
+  void *dst;
+  CALL(env, napi_create_buffer_copy(env, j->count * 40, j->records, &dst, &out));
+  return out;
+}
+
+static void seal_many_cleanup(job *base) {
+  seal_many_job *j = (seal_many_job *)base;
+  free(j->lens);
+  free(j->records);
+}
+
+/* sealBlobs(sealer, type, plain, lens: number[], compress, out) -> Promise<Buffer>
+ *   plain holds the blobs back to back; each is sealed (id computed) into out,
+ *   back to back; out must hold the sum of sealBound(len). Per blob 40 bytes:
+ *   u32 offset in out, u32 sealed length, id(32). */
+static napi_value seal_blobs(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  uint32_t type, n = 0;
+  bool compress, is_arr = false;
+  uint8_t *plain, *out;
+  size_t plain_len, out_len;
+  if (!get_args(env, info, 6, argv)) return NULL;
+  hf_sealer *s = get_sealer(env, argv[0]);
+  if (!s) return invalid(env, "not a sealer");
+  if (!get_u32(env, argv[1], &type) || type > 255 || !get_bytes(env, argv[2], &plain, &plain_len) ||
+      napi_is_array(env, argv[3], &is_arr) != napi_ok || !is_arr || !get_bool(env, argv[4], &compress) ||
+      !get_bytes(env, argv[5], &out, &out_len))
+    return invalid(env, "sealBlobs(sealer, type, plain, lens, compress, out)");
+  CALL(env, napi_get_array_length(env, argv[3], &n));
+  if (n == 0) return invalid(env, "sealBlobs: no blobs");
+  NEW_JOB(seal_many_job, j);
+  j->base.exec = seal_many_exec;
+  j->base.done = seal_many_done;
+  j->base.cleanup = seal_many_cleanup;
+  j->lens = calloc(n, sizeof *j->lens);
+  j->records = calloc(n, 40);
+  if (!j->lens || !j->records) {
+    job_release(env, &j->base);
+    return invalid(env, "out of memory");
+  }
+  size_t total = 0, bound = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    if (napi_get_element(env, argv[3], i, &el) != napi_ok || !get_u32(env, el, &j->lens[i])) {
+      job_release(env, &j->base);
+      return invalid(env, "sealBlobs: lens must be whole numbers");
+    }
+    total += j->lens[i];
+    bound += hf_seal_bound(j->lens[i]);
+  }
+  if (total != plain_len || out_len < bound || (out < plain + plain_len && plain < out + out_len)) {
+    job_release(env, &j->base);
+    return invalid(env, "sealBlobs: lens must add up to plain, out must hold their bounds and not overlap");
+  }
+  j->s = s;
+  j->type = (int)type;
+  j->plain = plain;
+  j->count = n;
+  j->compress = compress;
+  j->out = out;
+  j->out_cap = out_len;
+  HOLD(env, j, argv[0]);
+  HOLD(env, j, argv[2]);
+  HOLD(env, j, argv[5]);
+  return job_start(env, &j->base, "holdfast:sealmany");
+}
+
 typedef struct open_job {
   job base;
   hf_sealer *s;
@@ -1008,6 +1116,96 @@ static napi_value set_meta(napi_env env, napi_callback_info info) {
   return job_start(env, &j->base, "holdfast:setmeta");
 }
 
+/* readFiles: many small files in one job. */
+typedef struct read_many_job {
+  job base;
+  char *paths;       /* NUL-separated */
+  size_t count;
+  double *sizes;     /* listed size per file: its room in out */
+  uint8_t *out;
+  size_t out_len;
+  uint8_t *records;  /* per file: u32 offset, u32 length, i32 errno */
+} read_many_job;
+
+static void read_many_exec(job *base) {
+  read_many_job *j = (read_many_job *)base;
+  const char *path = j->paths;
+  size_t pos = 0;
+  for (size_t i = 0; i < j->count; i++) {
+    size_t room = (size_t)j->sizes[i];
+    size_t len = 0;
+    int e = room > j->out_len - pos ? EFBIG : hf_read_file(path, j->out + pos, room, &len);
+    put_u32(j->records + i * 12, (uint32_t)pos);
+    put_u32(j->records + i * 12 + 4, (uint32_t)(e ? 0 : len));
+    put_u32(j->records + i * 12 + 8, (uint32_t)e);
+    if (!e) pos += len;
+    path += strlen(path) + 1;
+  }
+}
+
+static napi_value read_many_done(napi_env env, job *base) {
+  read_many_job *j = (read_many_job *)base;
+  napi_value out;
+  void *dst;
+  CALL(env, napi_create_buffer_copy(env, j->count * 12, j->records, &dst, &out));
+  return out;
+}
+
+static void read_many_cleanup(job *base) {
+  read_many_job *j = (read_many_job *)base;
+  free(j->paths);
+  free(j->sizes);
+  free(j->records);
+}
+
+/* readFiles(paths: Uint8Array (NUL-separated), sizes: number[], out) -> Promise<Buffer>
+ *   reads each regular file (as readFile) into out, one after another, each
+ *   given room for its listed size; per file 12 bytes: u32 offset, u32
+ *   length, i32 errno (EFBIG: it grew past its size). */
+static napi_value read_files(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint8_t *paths, *out;
+  size_t paths_len, out_len;
+  bool is_arr = false;
+  uint32_t n = 0;
+  static uint8_t none;
+  if (!get_args(env, info, 3, argv)) return NULL;
+  if (!get_bytes(env, argv[0], &paths, &paths_len) || paths_len == 0 || paths[paths_len - 1] != 0 ||
+      napi_is_array(env, argv[1], &is_arr) != napi_ok || !is_arr || !get_bytes(env, argv[2], &out, &out_len))
+    return invalid(env, "readFiles(paths: NUL-separated bytes, sizes: number[], out)");
+  CALL(env, napi_get_array_length(env, argv[1], &n));
+  size_t count = 0;
+  for (size_t i = 0; i < paths_len; i++) count += paths[i] == 0;
+  if (count != n || n == 0) return invalid(env, "readFiles: one size per path");
+  NEW_JOB(read_many_job, j);
+  j->base.exec = read_many_exec;
+  j->base.done = read_many_done;
+  j->base.cleanup = read_many_cleanup;
+  j->count = n;
+  j->paths = malloc(paths_len);
+  j->sizes = calloc(n, sizeof *j->sizes);
+  j->records = calloc(n, 12);
+  if (!j->paths || !j->sizes || !j->records) {
+    job_release(env, &j->base);
+    return invalid(env, "out of memory");
+  }
+  memcpy(j->paths, paths, paths_len);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    int64_t sz;
+    if (napi_get_element(env, argv[1], i, &el) != napi_ok || !get_i64(env, el, &sz) || sz < 0) {
+      job_release(env, &j->base);
+      return invalid(env, "readFiles: sizes must be whole numbers");
+    }
+    j->sizes[i] = (double)sz;
+    /* an empty path (two NULs in a row) would be a bug in the caller */
+  }
+  j->out = out_len ? out : &none;
+  j->out_len = out_len;
+  HOLD(env, j, argv[2]);
+  return job_start(env, &j->base, "holdfast:readfiles");
+}
+
 static void times_exec(job *base) {
   fs_job *j = (fs_job *)base;
   base->sys_errno = hf_set_times(base->path, j->a_sec, (long)j->a_nsec, j->m_sec, (long)j->m_nsec, j->nofollow);
@@ -1082,6 +1280,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"sealBound", NULL, seal_bound, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealBlob", NULL, seal_blob, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealData", NULL, seal_data, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sealBlobs", NULL, seal_blobs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"readFiles", NULL, read_files, NULL, NULL, NULL, napi_enumerable, NULL},
       {"open", NULL, open_sealed, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sha256", NULL, sha256_parts, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createHasher", NULL, create_hasher, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -2,9 +2,9 @@ import { constants } from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 
-import { readFile, scandir } from '../../../native/index.ts';
+import { readFile, readFiles, scandir } from '../../../native/index.ts';
 import { errorCode } from '../../errors/index.ts';
-import { type Listing, type ReadBuffers, type Source, type SourceEntry, type SourceStat, typeOfMode } from '../source.ts';
+import { type Listing, type ReadBuffers, type ReadManyResult, type Source, type SourceEntry, type SourceStat, typeOfMode } from '../source.ts';
 
 /** Bytes per read of a large file. */
 export const READ_PIECE = 1 << 20;
@@ -108,6 +108,14 @@ export class LocalSource implements Source {
     } finally {
       await fh.close();
     }
+  }
+
+  async readMany(paths: readonly Buffer[], sizes: readonly number[], into: Buffer): Promise<ReadManyResult[]> {
+    return (await readFiles(paths, sizes, into)).map((r, i) => {
+      if ('data' in r) return r;
+      const code = errnoName(r.errno);
+      return { error: Object.assign(new Error(`${code}: cannot read '${paths[i]!.toString()}'`), { code, errno: -r.errno }) };
+    });
   }
 
   async close(): Promise<void> {}

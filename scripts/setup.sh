@@ -1,0 +1,35 @@
+#!/bin/sh
+# Sets up a fresh Debian (bookworm) machine for Holdfast, as root (or with sudo):
+# the Debian packages the build, tests and benchmarks need, then `npm ci`, which
+# installs the pinned Node 26 runtime and builds the native addon and sqlite3
+# against it. Safe to run again.
+set -eu
+cd "$(dirname "$0")/.."
+
+PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux"
+
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=""
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO="sudo"
+else
+  echo "setup: run as root (apt-get installs: $PACKAGES)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  echo "setup: installed$missing"
+else
+  echo "setup: Debian packages already installed"
+fi
+
+npm ci --no-audit --no-fund
+echo "setup: done. Try: npm run demo   (or: npx holdfast --help)"
