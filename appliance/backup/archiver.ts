@@ -19,7 +19,7 @@ const LARGE_READ = 4 << 20;
  * many files and bytes: two threadpool jobs per batch instead of two per file.
  */
 const BATCH_FILES = 64;
-const BATCH_BYTES = 1 << 20;
+const BATCH_BYTES = 960 << 10; // so that a batch's sealing bound fits a 1 MiB buffer
 const BATCHES_IN_FLIGHT = 8;
 /**
  * Directories walked at once beside the main walk. A directory takes a slot
