@@ -362,9 +362,7 @@ export async function main(argv: string[]): Promise<number> {
   key.command('passwd')
     .description('set a new passphrase (from HOLDFAST_NEW_PASSWORD or --new-password-file); open with the old one or the recovery key')
     .option('--new-password-file <file>', 'the new passphrase')
-    .action(action(async (_o: unknown, cmd: Command) => {
-      const g = program.opts<GlobalOptions>();
-      const o = cmd.opts<{ newPasswordFile?: string }>();
+    .action(action(async (g, o: { newPasswordFile?: string }) => {
       const next = passphrase({ passwordFile: o.newPasswordFile }, false) ?? process.env.HOLDFAST_NEW_PASSWORD;
       if (!next) throw new HoldfastError('HF_NO_PASSWORD', 'no new passphrase: set HOLDFAST_NEW_PASSWORD or pass --new-password-file');
       const repo = await openRepository(g);

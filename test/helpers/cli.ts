@@ -20,12 +20,11 @@ export function cliArgs(args: string[]): string[] {
   return [...V8_FLAGS, BIN, ...args];
 }
 
-/** Starts holdfast; the caller waits with finish(). */
-export function startCli(args: string[], env: Record<string, string | undefined> = {}): ChildProcess {
-  return spawn(process.execPath, cliArgs(args), {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+/** Starts holdfast (as another user when asked, as root); the caller waits with finish(). */
+export function startCli(args: string[], env: Record<string, string | undefined> = {}, user: { uid?: number; gid?: number } = {}): ChildProcess {
+  const merged: Record<string, string> = {};
+  for (const [k, v] of Object.entries({ ...process.env, ...env })) if (v !== undefined) merged[k] = v;
+  return spawn(process.execPath, cliArgs(args), { env: merged, stdio: ['ignore', 'pipe', 'pipe'], ...user });
 }
 
 export function finish(child: ChildProcess): Promise<CliResult> {
@@ -48,7 +47,7 @@ export function finish(child: ChildProcess): Promise<CliResult> {
   });
 }
 
-/** Runs holdfast to the end. */
-export function cli(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
-  return finish(startCli(args, env));
+/** Runs holdfast to the end. An env value of undefined removes the variable. */
+export function cli(args: string[], env: Record<string, string | undefined> = {}, user: { uid?: number; gid?: number } = {}): Promise<CliResult> {
+  return finish(startCli(args, env, user));
 }
