@@ -10,6 +10,7 @@
  */
 import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
 import { isMarkedAsUntransferable } from 'node:worker_threads';
 
 export { ReferenceChunker } from './reference-chunker.ts';
@@ -24,6 +25,8 @@ interface Binding {
   sealData(sealer: object, aad: Uint8Array, plain: Uint8Array, compress: boolean, out: Uint8Array): Promise<number>;
   sealBlobs(sealer: object, type: number, plain: Uint8Array, lens: number[], compress: boolean, out: Uint8Array): Promise<Buffer>;
   readFiles(paths: Uint8Array, sizes: number[], out: Uint8Array): Promise<Buffer>;
+  openBlobs(sealer: object, sealed: Uint8Array[], aads: Uint8Array, rawLens: number[], out: Uint8Array): Promise<Buffer>;
+  writeFiles(paths: Uint8Array, data: Uint8Array, lens: number[], nums: number[]): Promise<Buffer>;
   open(sealer: object, aad: Uint8Array, sealed: Uint8Array, maxPlain: number, expectId: Uint8Array | null, out: Uint8Array | null): Promise<[Buffer | null, boolean]>;
   sha256(parts: Uint8Array[]): Promise<Buffer>;
   createHasher(): object;
@@ -177,6 +180,24 @@ export class Sealer {
       results.push({ id: recs.subarray(o + 8, o + 40), sealed: out.subarray(at, at + recs.readUInt32LE(o + 4)) });
     }
     return results;
+  }
+
+  /**
+   * Opens many blobs in one job, each into `out` back to back (exactly its
+   * raw length), checking each against the id in its AAD (type || id). One
+   * failure does not stop the others: per blob, the plaintext or the code.
+   */
+  async openBlobs(items: { sealed: Uint8Array; aad: Uint8Array; rawLength: number }[], out: Buffer): Promise<({ plain: Buffer; allZero: boolean } | { code: string })[]> {
+    const recs = await native.openBlobs(this.#handle, items.map((i) => i.sealed), Buffer.concat(items.map((i) => i.aad)),
+      items.map((i) => i.rawLength), out);
+    const codes = ['', 'HF_DECRYPT_FAILED', 'HF_DECOMPRESS_FAILED', 'HF_BLOB_ID_MISMATCH', 'HF_NATIVE_ERROR'];
+    let at = 0;
+    return items.map((item, i) => {
+      const plain = out.subarray(at, at + item.rawLength);
+      at += item.rawLength;
+      const status = recs[i * 2 + 1]!;
+      return status === 0 ? { plain, allZero: recs[i * 2] === 1 } : { code: codes[status] ?? 'HF_NATIVE_ERROR' };
+    });
   }
 
   /** Seals bytes under an arbitrary AAD (files: the AAD is their magic). */
@@ -336,6 +357,27 @@ export interface FileMeta {
 export function writeFile(path: Uint8Array, data: Uint8Array | null, size: number, m: FileMeta): Promise<void> {
   return native.writeFile(path, data, size, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
 }
+
+/**
+ * writeFile for many small files in one job: each gets its data (null: a
+ * hole) or an errno name, in order.
+ */
+export async function writeFiles(files: { path: Uint8Array; data: Uint8Array | null; size: number; meta: FileMeta }[]): Promise<(string | null)[]> {
+  const parts: Uint8Array[] = [];
+  const nums: number[] = [];
+  for (const f of files) {
+    if (f.data) parts.push(f.data);
+    const m = f.meta;
+    nums.push(f.size, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
+  }
+  const recs = await native.writeFiles(Buffer.concat(files.flatMap((f) => [f.path, NUL])), Buffer.concat(parts),
+    files.map((f) => (f.data ? f.data.length : -1)), nums);
+  return files.map((_, i) => {
+    const e = recs.readInt32LE(i * 4);
+    return e === 0 ? null : ERRNO_NAMES.get(e) ?? `E${e}`;
+  });
+}
+const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
 
 /** Applies owner, mode (not for symlinks) and ns times without following a final symlink. */
 export function setMeta(path: Uint8Array, isLink: boolean, m: FileMeta): Promise<void> {

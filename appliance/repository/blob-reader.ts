@@ -71,6 +71,69 @@ export class BlobReader {
     }
   }
 
+  /**
+   * Loads many blobs in one opening job: their plaintexts lie back to back in
+   * one pooled buffer (hand it back with done() when finished). A blob that
+   * is missing or damaged fails alone, with a coded error.
+   */
+  async loadMany(ids: readonly BlobId[]): Promise<{ buffer: Buffer; results: (LoadedBlob | { error: HoldfastError })[] }> {
+    const locs: (BlobLocation | HoldfastError)[] = ids.map((id) => {
+      try {
+        return this.#repo.locate(id);
+      } catch (err) {
+        return err as HoldfastError;
+      }
+    });
+    // Each window is marked in use as soon as it is had: a later one may
+    // evict it from the cache, and only unused windows are recycled.
+    const windows = locs.map((l) => {
+      if (l instanceof HoldfastError) return null;
+      const w = this.#window(l);
+      w.users++;
+      return w;
+    });
+    let total = 0;
+    for (const l of locs) if (!(l instanceof HoldfastError)) total += l.rawLength;
+    const buffer = this.#outputs.get(total);
+    try {
+      const items: { sealed: Buffer; aad: Buffer; rawLength: number }[] = [];
+      const order: number[] = [];
+      const results: (LoadedBlob | { error: HoldfastError })[] = locs.map((l) => ({ error: l as HoldfastError }));
+      for (let i = 0; i < ids.length; i++) {
+        const loc = locs[i]!;
+        const w = windows[i];
+        if (loc instanceof HoldfastError || !w) continue;
+        let data: Buffer;
+        try {
+          data = await w.data;
+        } catch (err) {
+          results[i] = { error: err instanceof HoldfastError ? err : new HoldfastError('HF_IO', (err as Error).message, { cause: err }) };
+          continue;
+        }
+        items.push({ sealed: data.subarray(loc.offset - w.start, loc.offset - w.start + loc.length), aad: blobAad(loc.type, ids[i]!), rawLength: loc.rawLength });
+        order.push(i);
+      }
+      const opened = items.length > 0 ? await this.#repo.sealer.openBlobs(items, buffer) : [];
+      opened.forEach((o, k) => {
+        const i = order[k]!;
+        const loc = locs[i] as BlobLocation;
+        results[i] = 'code' in o
+          ? { error: new HoldfastError('HF_PACK_CORRUPT', `pack ${shortId(loc.pack)} in ${this.#repo.storage.location}: blob ${shortId(ids[i]!)} is damaged (${o.code})`) }
+          : { plain: o.plain, allZero: o.allZero, location: loc };
+      });
+      return { buffer, results };
+    } catch (err) {
+      this.#outputs.put(buffer);
+      throw err;
+    } finally {
+      for (const w of windows) {
+        if (!w) continue;
+        w.users--;
+        this.#maybeFree(w);
+      }
+    }
+  }
+
   /** Memory a blob of this size occupies once loaded (for the caller's budget). */
   footprint(rawLength: number): number {
     return this.#outputs.sizeFor(rawLength);

@@ -801,6 +801,115 @@ static napi_value open_sealed(napi_env env, napi_callback_info info) {
   return job_start(env, &j->base, "holdfast:open");
 }
 
+/* openBlobs: many sealed blobs of known plaintext sizes in one job. */
+typedef struct open_many_job {
+  job base;
+  hf_sealer *s;
+  size_t count;
+  const uint8_t **sealed;
+  size_t *sealed_lens;
+  const uint8_t *aads; /* count x 33: type || id; the id is also checked */
+  uint32_t *raw_lens;
+  uint8_t *out;
+  size_t out_len;
+  uint8_t *records; /* per blob: u8 all-zero, u8 status (0 ok, 1 decrypt, 2 decompress, 3 id mismatch, 4 other) */
+} open_many_job;
+
+static void open_many_exec(job *base) {
+  open_many_job *j = (open_many_job *)base;
+  size_t pos = 0;
+  for (size_t i = 0; i < j->count; i++) {
+    hf_err err = {0};
+    size_t len = 0;
+    int zero = 0;
+    const uint8_t *aad = j->aads + i * (1 + HF_ID_LEN);
+    if (hf_open(j->s, aad, 1 + HF_ID_LEN, j->sealed[i], j->sealed_lens[i], j->raw_lens[i], aad + 1,
+                j->out + pos, j->raw_lens[i], NULL, &len, &zero, &err) == 0) {
+      j->records[i * 2] = (uint8_t)zero;
+    } else {
+      const char *c = err.code ? err.code : "";
+      j->records[i * 2 + 1] = strcmp(c, "HF_DECRYPT_FAILED") == 0 ? 1 : strcmp(c, "HF_DECOMPRESS_FAILED") == 0 ? 2
+                            : strcmp(c, "HF_BLOB_ID_MISMATCH") == 0 ? 3 : 4;
+    }
+    pos += j->raw_lens[i];
+  }
+}
+
+static napi_value open_many_done(napi_env env, job *base) {
+  open_many_job *j = (open_many_job *)base;
+  napi_value out;
+  void *dst;
+  CALL(env, napi_create_buffer_copy(env, j->count * 2, j->records, &dst, &out));
+  return out;
+}
+
+static void open_many_cleanup(job *base) {
+  open_many_job *j = (open_many_job *)base;
+  free(j->sealed);
+  free(j->sealed_lens);
+  free(j->raw_lens);
+  free(j->records);
+}
+
+/* openBlobs(sealer, sealed: Uint8Array[], aads: Uint8Array (33 bytes each), rawLens: number[], out)
+ *   -> Promise<Buffer>: each blob opened (and its HMAC checked against the id
+ *   in its AAD) into out, back to back, exactly rawLen bytes each. Per blob
+ *   2 bytes: all-zero, status (0 ok; 1 decrypt, 2 decompress, 3 id mismatch,
+ *   4 other failure). One failure does not stop the others. */
+static napi_value open_blobs(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  bool is_arr = false;
+  uint32_t n = 0;
+  uint8_t *aads, *out;
+  size_t aads_len, out_len;
+  if (!get_args(env, info, 5, argv)) return NULL;
+  hf_sealer *s = get_sealer(env, argv[0]);
+  if (!s) return invalid(env, "not a sealer");
+  if (napi_is_array(env, argv[1], &is_arr) != napi_ok || !is_arr || !get_bytes(env, argv[2], &aads, &aads_len) ||
+      !get_bytes(env, argv[4], &out, &out_len))
+    return invalid(env, "openBlobs(sealer, sealed[], aads, rawLens, out)");
+  CALL(env, napi_get_array_length(env, argv[1], &n));
+  if (n == 0 || aads_len != (size_t)n * (1 + HF_ID_LEN)) return invalid(env, "openBlobs: one 33-byte AAD per blob");
+  NEW_JOB(open_many_job, j);
+  j->base.exec = open_many_exec;
+  j->base.done = open_many_done;
+  j->base.cleanup = open_many_cleanup;
+  j->count = n;
+  j->sealed = calloc(n, sizeof *j->sealed);
+  j->sealed_lens = calloc(n, sizeof *j->sealed_lens);
+  j->raw_lens = calloc(n, sizeof *j->raw_lens);
+  j->records = calloc(n, 2);
+  if (!j->sealed || !j->sealed_lens || !j->raw_lens || !j->records) {
+    job_release(env, &j->base);
+    return invalid(env, "out of memory");
+  }
+  size_t total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el, len;
+    uint8_t *p;
+    if (napi_get_element(env, argv[1], i, &el) != napi_ok || !get_bytes(env, el, &p, &j->sealed_lens[i]) ||
+        napi_get_element(env, argv[3], i, &len) != napi_ok || !get_u32(env, len, &j->raw_lens[i])) {
+      job_release(env, &j->base);
+      return invalid(env, "openBlobs: sealed must be Uint8Arrays, rawLens whole numbers");
+    }
+    j->sealed[i] = p;
+    total += j->raw_lens[i];
+    HOLD(env, j, el);
+  }
+  if (out_len < total) {
+    job_release(env, &j->base);
+    return invalid(env, "openBlobs: out must hold the sum of rawLens");
+  }
+  j->s = s;
+  j->aads = aads;
+  j->out = out;
+  j->out_len = out_len;
+  HOLD(env, j, argv[0]);
+  HOLD(env, j, argv[2]);
+  HOLD(env, j, argv[4]);
+  return job_start(env, &j->base, "holdfast:openmany");
+}
+
 /* ---------- sha256 ---------- */
 
 typedef struct hasher {
@@ -1206,6 +1315,111 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   return job_start(env, &j->base, "holdfast:readfiles");
 }
 
+/* writeFiles: many small files, each written and given its metadata, in one job. */
+typedef struct write_many_job {
+  job base;
+  char *paths;
+  size_t count;
+  const uint8_t *data;
+  int64_t *lens;   /* bytes of data per file; -1: a hole of `size` bytes */
+  int64_t *nums;   /* per file: size, mode, uid, gid, aSec, aNsec, mSec, mNsec */
+  uint8_t *records; /* per file: i32 errno */
+} write_many_job;
+
+static void write_many_exec(job *base) {
+  write_many_job *j = (write_many_job *)base;
+  const char *path = j->paths;
+  const uint8_t *data = j->data;
+  for (size_t i = 0; i < j->count; i++) {
+    const int64_t *v = j->nums + i * 8;
+    hf_meta m = {(uint32_t)v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
+    int64_t len = j->lens[i];
+    int e = hf_write_file(path, len >= 0 ? data : NULL, len >= 0 ? (size_t)len : 0, (uint64_t)v[0], &m);
+    put_u32(j->records + i * 4, (uint32_t)e);
+    if (len > 0) data += len;
+    path += strlen(path) + 1;
+  }
+}
+
+static napi_value write_many_done(napi_env env, job *base) {
+  write_many_job *j = (write_many_job *)base;
+  napi_value out;
+  void *dst;
+  CALL(env, napi_create_buffer_copy(env, j->count * 4, j->records, &dst, &out));
+  return out;
+}
+
+static void write_many_cleanup(job *base) {
+  write_many_job *j = (write_many_job *)base;
+  free(j->paths);
+  free(j->lens);
+  free(j->nums);
+  free(j->records);
+}
+
+/* writeFiles(paths: NUL-separated bytes, data, lens: number[], nums: number[] (8 per file:
+ *   size, mode, uid, gid, atimeSec, atimeNsec, mtimeSec, mtimeNsec)) -> Promise<Buffer>
+ *   each file as writeFile (its len bytes of data, back to back; len -1: a
+ *   hole); per file an i32 errno. */
+static napi_value write_files(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  uint8_t *paths, *data;
+  size_t paths_len, data_len;
+  bool is_arr = false;
+  uint32_t n = 0, nn = 0;
+  static uint8_t none;
+  if (!get_args(env, info, 4, argv)) return NULL;
+  if (!get_bytes(env, argv[0], &paths, &paths_len) || paths_len == 0 || paths[paths_len - 1] != 0 ||
+      !get_bytes(env, argv[1], &data, &data_len) || napi_is_array(env, argv[2], &is_arr) != napi_ok || !is_arr)
+    return invalid(env, "writeFiles(paths, data, lens, nums)");
+  CALL(env, napi_get_array_length(env, argv[2], &n));
+  CALL(env, napi_get_array_length(env, argv[3], &nn));
+  size_t count = 0;
+  for (size_t i = 0; i < paths_len; i++) count += paths[i] == 0;
+  if (count != n || n == 0 || nn != n * 8) return invalid(env, "writeFiles: one len and 8 numbers per path");
+  NEW_JOB(write_many_job, j);
+  j->base.exec = write_many_exec;
+  j->base.done = write_many_done;
+  j->base.cleanup = write_many_cleanup;
+  j->count = n;
+  j->paths = malloc(paths_len);
+  j->lens = calloc(n, sizeof *j->lens);
+  j->nums = calloc((size_t)n * 8, sizeof *j->nums);
+  j->records = calloc(n, 4);
+  if (!j->paths || !j->lens || !j->nums || !j->records) {
+    job_release(env, &j->base);
+    return invalid(env, "out of memory");
+  }
+  memcpy(j->paths, paths, paths_len);
+  size_t total = 0;
+  for (uint32_t i = 0; i < n * 8; i++) {
+    napi_value el;
+    if (napi_get_element(env, argv[3], i, &el) != napi_ok || !get_i64(env, el, &j->nums[i])) {
+      job_release(env, &j->base);
+      return invalid(env, "writeFiles: numbers must be whole");
+    }
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value el;
+    const int64_t *v = j->nums + (size_t)i * 8;
+    if (napi_get_element(env, argv[2], i, &el) != napi_ok || !get_i64(env, el, &j->lens[i]) || j->lens[i] < -1 ||
+        v[0] < 0 || v[1] < 0 || v[1] > 07777 || v[2] < -1 || v[3] < -1 || v[5] < 0 || v[5] > 999999999 ||
+        v[7] < 0 || v[7] > 999999999) {
+      job_release(env, &j->base);
+      return invalid(env, "writeFiles: invalid length or metadata");
+    }
+    if (v[2] < 0 || v[3] < 0) j->nums[(size_t)i * 8 + 2] = j->nums[(size_t)i * 8 + 3] = -1;
+    if (j->lens[i] > 0) total += (size_t)j->lens[i];
+  }
+  if (total > data_len) {
+    job_release(env, &j->base);
+    return invalid(env, "writeFiles: lens exceed data");
+  }
+  j->data = data_len ? data : &none;
+  HOLD(env, j, argv[1]);
+  return job_start(env, &j->base, "holdfast:writefiles");
+}
+
 static void times_exec(job *base) {
   fs_job *j = (fs_job *)base;
   base->sys_errno = hf_set_times(base->path, j->a_sec, (long)j->a_nsec, j->m_sec, (long)j->m_nsec, j->nofollow);
@@ -1283,6 +1497,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"sealBlobs", NULL, seal_blobs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readFiles", NULL, read_files, NULL, NULL, NULL, napi_enumerable, NULL},
       {"open", NULL, open_sealed, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openBlobs", NULL, open_blobs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"writeFiles", NULL, write_files, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sha256", NULL, sha256_parts, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createHasher", NULL, create_hasher, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherUpdate", NULL, hasher_update, NULL, NULL, NULL, napi_enumerable, NULL},
