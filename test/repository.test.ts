@@ -8,7 +8,7 @@ import t, { type Test } from 'tap';
 
 import { backup } from '../appliance/backup/index.ts';
 import { check } from '../appliance/maintenance/index.ts';
-import { BlobType, Lock, Repository, blobIdOf, formatRecoveryKey, parseRecoveryKey } from '../appliance/repository/index.ts';
+import { type BlobId, BlobReader, BlobType, Lock, Repository, blobIdOf, formatRecoveryKey, parseRecoveryKey } from '../appliance/repository/index.ts';
 import { LocalSource } from '../appliance/sources/index.ts';
 import { LocalStorage } from '../appliance/storage/index.ts';
 import { duplicateBlobs } from './helpers/repo.ts';
@@ -138,6 +138,25 @@ t.test('packs, index checkpoints, and adoption of packs no index lists', async (
   await fresh.loadIndex();
   t.equal(fresh.index.blobCount, 40, 'and written to a new index file');
   t.equal(blobIdOf(Buffer.from(ids[0]!, 'hex')), ids[0]);
+});
+
+t.test('BlobReader: batches spanning more pack windows than it keeps read back exactly', async (t) => {
+  const dir = tmpDir(t);
+  const { repo } = await init(t, dir, { packSize: 1 << 20 });
+  const w = repo.writer();
+  const ids: BlobId[] = [];
+  for (let i = 0; i < 60; i++) ids.push((await w.saveBlob(BlobType.data, pseudoRandom(`w${i}`, 150_000 + i), null)).id);
+  await w.flush();
+  const reader = new BlobReader(repo, { window: 256 << 10, keep: 2 });
+  for (const order of [ids, [...ids].reverse(), ids.filter((_, i) => i % 3 === 0)]) {
+    const { buffer, results } = await reader.loadMany(order);
+    const bad = results.filter((r, k) => !('plain' in r) || !r.plain.equals(pseudoRandom(`w${ids.indexOf(order[k]!)}`, 150_000 + ids.indexOf(order[k]!))));
+    t.equal(bad.length, 0, `${order.length} blobs across many windows, all exact`);
+    reader.done(buffer);
+  }
+  const singles = await Promise.all(ids.slice(0, 20).map((id) => reader.load(id)));
+  t.ok(singles.every((r, i) => r.plain.equals(pseudoRandom(`w${i}`, 150_000 + i))), 'concurrent single loads too');
+  for (const r of singles) reader.done(r.plain);
 });
 
 t.test('a full disk fails the backup with HF_DISK_FULL and loses nothing', { skip: isRoot ? false : 'mounting a small tmpfs needs root' }, async (t) => {
