@@ -86,6 +86,26 @@ t.test('the JSON contract, ls, find, forget and prune through the CLI', async (t
   t.equal((await cli(['forget', '--repo', repo, '--json'], env)).json.error.code, 'HF_USAGE', 'forget with no policy is refused');
 });
 
+t.test('output into a pipe that closes early ends quietly (holdfast ls | head)', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  for (let i = 0; i < 3000; i++) fs.writeFileSync(path.join(src, `file-${i}`), String(i));
+  const env = { HOLDFAST_PASSWORD: 'pw', HOLDFAST_CACHE_DIR: path.join(dir, 'cache') };
+  const repo = path.join(dir, 'repo');
+  await cli(['init', '--repo', repo], env);
+  await cli(['backup', '--repo', repo, src], env);
+  const { execFileSync } = await import('node:child_process');
+  const { cliArgs } = await import('./helpers/cli.ts');
+  const errFile = path.join(dir, 'stderr');
+  const cmd = `"${process.execPath}" ${cliArgs(['ls', '--repo', repo, 'latest', src, '-r']).map((a) => `'${a}'`).join(' ')}`;
+  const out = execFileSync('bash', ['-c', `${cmd} 2>"${errFile}" | head -2; echo "exit \${PIPESTATUS[0]}"`],
+    { env: { ...process.env, ...env } }).toString();
+  t.equal(out.trim().split('\n').length, 3, 'head got its two lines');
+  t.match(out, /exit 0$/m, 'holdfast exited 0');
+  t.equal(fs.readFileSync(errFile, 'utf8'), '', 'and printed no error or stack trace');
+});
+
 t.test('key passwd with the recovery key; unlock of a stale lock', async (t) => {
   const dir = tmpDir(t);
   const env = { HOLDFAST_PASSWORD: 'old', HOLDFAST_CACHE_DIR: path.join(dir, 'cache') };

@@ -40,6 +40,11 @@ function collect(value: string, previous: string[] = []): string[] {
 
 /** Runs the CLI; resolves with the exit status. */
 export async function main(argv: string[]): Promise<number> {
+  // `holdfast ls … | head`: once the reader is gone, stop quietly, as grep does.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? EXIT.ok);
+    throw err;
+  });
   let status: number = EXIT.ok;
   let out = new Output({});
   const abort = new AbortController();
