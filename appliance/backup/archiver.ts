@@ -2,10 +2,10 @@ import { BufferPool, type Chunker, release } from '../../native/index.ts';
 import { HoldfastError, errorCode } from '../errors/index.ts';
 import { type BlobId, BlobType, type Repository, type RepositoryWriter, blobIdOf } from '../repository/index.ts';
 import {
-  type TreeNode, decodeTree, displayName, encodeTree, sameNode,
+  type SnapshotStats, type TreeNode, decodeTree, displayName, encodeTree, sameNode,
 } from '../snapshot/index.ts';
 import { type Source, type SourceStat, joinPath } from '../sources/index.ts';
-import { Semaphore } from './limits.ts';
+import { Semaphore } from '../limits/index.ts';
 
 /** Files read at once; files larger than SMALL_READ also take one of LARGE_FILES slots. */
 const FILES_IN_FLIGHT = 16;
@@ -39,15 +39,8 @@ export interface BackupWarning {
   message: string;
 }
 
-export interface ArchiveStats {
-  files: number;
-  dirs: number;
-  /** Bytes of all files in the snapshot. */
-  bytes: number;
-  filesRead: number;
-  filesUnchanged: number;
-  bytesRead: number;
-}
+/** The live counters of a walk: the source side of a snapshot's statistics. */
+export type ArchiveStats = Pick<SnapshotStats, 'files' | 'dirs' | 'bytes' | 'filesRead' | 'filesUnchanged' | 'bytesRead'>;
 
 interface Listing {
   id: BlobId;

@@ -9,5 +9,4 @@ export { readPackHeader } from './pack-reader.ts';
 export { formatRecoveryKey, parseRecoveryKey } from './recovery-key.ts';
 export { CHECKPOINT_PACKS, type InitOptions, Repository, RepositoryWriter, type WriterStats, forEachLimit } from './repository.ts';
 export { decodeIndex, encodeIndex, type IndexedPack } from './index-file.ts';
-export { PackWriter } from './pack-writer.ts';
 export { BlobReader, type LoadedBlob } from './blob-reader.ts';

@@ -145,10 +145,6 @@ export class MasterIndex {
     return n === undefined ? undefined : this.#packEnds[n];
   }
 
-  packIds(): readonly PackId[] {
-    return this.#packIds;
-  }
-
   #location(n: number): BlobLocation {
     return {
       id: Buffer.from(this.#ids.buffer, n * ID, ID).toString('hex') as BlobId,
@@ -158,11 +154,6 @@ export class MasterIndex {
       length: this.#length[n]!,
       rawLength: this.#raw[n]!,
     };
-  }
-
-  /** The location of entry number n. */
-  locationAt(n: number): BlobLocation {
-    return this.#location(n);
   }
 
   /** Every indexed blob (made on demand; for check and prune). */

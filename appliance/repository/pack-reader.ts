@@ -1,7 +1,7 @@
 import type { Sealer } from '../../native/index.ts';
 import { HoldfastError } from '../errors/index.ts';
 import type { Storage } from '../storage/index.ts';
-import { Magic, checkMagic } from './envelope.ts';
+import { Magic } from './envelope.ts';
 import { type PackId, shortId } from './ids.ts';
 import { type PackEntry, decodeEntries } from './pack-entry.ts';
 import { TRAILER_MAGIC, TRAILER_SIZE } from './pack-writer.ts';
@@ -43,9 +43,4 @@ export async function readPackHeader(storage: Storage, sealer: Sealer, id: PackI
   }
   if (next !== headerAt) throw corrupt('blobs and header do not tile the file');
   return entries;
-}
-
-/** Checks a whole pack file's start (used by read-data checks). */
-export function checkPackStart(bytes: Buffer, id: PackId): void {
-  checkMagic('pack', bytes, `pack ${shortId(id)}`);
 }

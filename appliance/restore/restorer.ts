@@ -2,7 +2,7 @@ import { constants } from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 
 import { type FileMeta, mknod, setMeta, writeFile, writeFiles } from '../../native/index.ts';
-import { Semaphore } from '../backup/limits.ts';
+import { Semaphore } from '../limits/index.ts';
 import { HoldfastError, errorCode } from '../errors/index.ts';
 import { type BlobId, BlobReader, type Repository, shortId } from '../repository/index.ts';
 import { type Snapshot, type TreeNode, displayName, isSafeName, loadTree, splitPath } from '../snapshot/index.ts';
