@@ -118,3 +118,34 @@ t.test('wrong passphrase and a second writer get coded errors and change nothing
   t.equal((await cli(['backup', '--repo', repoDir, src], env)).code, 0, 'once released, the backup runs');
   t.equal((await cli(['check', '--repo', repoDir], env)).code, 0);
 });
+
+t.test('a damaged index file loses nothing: readers use pack headers, backup re-indexes, prune clears it', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(src, `f${i}`), pseudoRandom(`i${i}`, 30_000));
+  const env = { HOLDFAST_PASSWORD: 'pw', HOLDFAST_CACHE_DIR: path.join(dir, 'cache') };
+  const repoDir = path.join(dir, 'repo');
+  await cli(['init', '--repo', repoDir], env);
+  t.equal((await cli(['backup', '--repo', repoDir, src], env)).code, 0);
+  const [indexFile] = fs.readdirSync(path.join(repoDir, 'index'));
+  const p = path.join(repoDir, 'index', indexFile!);
+  const bytes = fs.readFileSync(p);
+  bytes[bytes.length - 3]! ^= 0xff;
+  fs.writeFileSync(p, bytes);
+
+  const c = await cli(['check', '--repo', repoDir, '--json'], env);
+  t.equal(c.code, 1, 'check reports the damaged index file');
+  t.match(c.json.problems, [{ kind: 'index', id: indexFile }]);
+  t.same(c.json.affected, [], 'and no snapshot lost anything');
+  const target = path.join(dir, 'out');
+  t.equal((await cli(['restore', '--repo', repoDir, 'latest', '--target', target], env)).code, 0, 'restore works from pack headers');
+  t.same(compareTrees(src, path.join(target, src)), []);
+  fs.writeFileSync(path.join(src, 'new'), 'new');
+  const b = await cli(['backup', '--repo', repoDir, '--json', src], env);
+  t.equal(b.code, 0, 'the next backup works');
+  t.equal(b.json.filesRead, 1, 'and reuses everything else');
+  t.equal((await cli(['prune', '--repo', repoDir], env)).code, 0);
+  t.notOk(fs.existsSync(p), 'prune removed the damaged index file');
+  t.equal((await cli(['check', '--repo', repoDir, '--read-data'], env)).code, 0, 'the repository checks clean again');
+});

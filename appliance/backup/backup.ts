@@ -71,7 +71,8 @@ export async function backup(repo: Repository, source: Source, options: BackupOp
       await source.stat(Buffer.from(p, 'utf8'));
     } catch (cause) {
       throw new HoldfastError('HF_SOURCE_NOT_FOUND',
-        `cannot back up ${p} from ${source.location}: ${(cause as Error).message}; check the path`, { cause });
+        `cannot back up ${p}${source.kind === 'local' ? '' : ` from ${source.location}`}: ${(cause as Error).message}; check the path`,
+        { cause });
     }
   }
   const host = options.host ?? os.hostname();

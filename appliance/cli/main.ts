@@ -282,8 +282,10 @@ export async function main(argv: string[]): Promise<number> {
         out.line(r.ok
           ? `no errors: ${s.snapshots} snapshots, ${s.trees} trees, ${s.blobs} blobs in ${s.packs} packs` +
             `${readData ? `; read ${s.packsRead} packs (${bytes(s.bytesRead)})` : ''}`
-          : `${r.problems.length} error(s) found. Affected files are listed above; restore what is intact, ` +
-            'run a new backup to store damaged data again, then `holdfast forget` affected snapshots if needed');
+          : `${r.problems.length} error(s) found.${r.affected.length > 0
+            ? ' Affected files are listed above: restore what is intact, run a new backup to store the damaged data again, ' +
+              'then `holdfast forget` the affected snapshots if they are no longer needed.'
+            : ' No snapshot has lost data; follow the advice given with each error.'}`);
         out.result(r);
         return r.ok ? EXIT.ok : EXIT.failed;
       } finally {

@@ -3,7 +3,7 @@ import { randomInt } from 'node:crypto';
 import { sha256 } from '../../native/index.ts';
 import { HoldfastError, hasCode } from '../errors/index.ts';
 import {
-  type BlobId, type BlobLocation, type IndexId, type PackId, type Repository, type SnapshotId, blobAad, decodeIndex,
+  type BlobId, type BlobLocation, type PackId, type Repository, type SnapshotId, blobAad,
   forEachLimit, idBytes, readPackHeader, shortId,
 } from '../repository/index.ts';
 import { type SnapshotEntry, type TreeNode, decodeTree, displayName, listSnapshots } from '../snapshot/index.ts';
@@ -85,7 +85,7 @@ class Checker {
 
     const stored = new Map((await repo.storage.list('pack')).map((p) => [p.name as PackId, p.size]));
     await this.#checkPacks(byPack, stored);
-    const unindexed = [...stored.keys()].filter((p) => !byPack.has(p));
+    const unindexed = (await repo.unindexedPacks()).map((p) => p.name).filter((p) => !byPack.has(p));
     if (unindexed.length > 0) {
       this.notes.push(`${unindexed.length} pack(s) are in no index: left by an interrupted backup; ` +
         'the next backup takes them in, `holdfast prune` removes them');
@@ -114,13 +114,11 @@ class Checker {
   }
 
   async #loadIndex(): Promise<void> {
-    const repo = this.#repo;
-    for (const f of await repo.storage.list('index')) {
-      try {
-        repo.index.add(decodeIndex(await repo.loadFile('index', f.name), `index ${shortId(f.name)}`), f.name as IndexId);
-      } catch (err) {
-        this.#problem('index', f.name, (err as Error).message);
-      }
+    await this.#repo.loadIndex();
+    for (const d of this.#repo.damagedIndexFiles) {
+      const reason = d.error.message.replace(/; run `holdfast check`$/, '');
+      this.#problem('index', d.name, `${reason}. Its packs are read from their own headers meanwhile; the next backup ` +
+        'writes a new index for them, and `holdfast prune` then removes the damaged file');
     }
   }
 

@@ -43,6 +43,10 @@ export class Repository {
   readonly config: RepoConfig;
   readonly sealer: Sealer;
   readonly index = new MasterIndex();
+  /** Index files that could not be read (their packs are read from headers instead). */
+  readonly damagedIndexFiles: { name: IndexId; error: Error }[] = [];
+  /** Packs known from their own headers because their index file is damaged. */
+  readonly #fromHeaders = new Set<PackId>();
   readonly #masterKey: Buffer;
   readonly #keys: WorkingKeys;
   readonly #gear: Buffer;
@@ -145,22 +149,47 @@ export class Repository {
     return Lock.acquire(this.storage, mode, command);
   }
 
-  /** Loads every index file into the master index (once). */
+  /**
+   * Loads every index file into the master index (once). A damaged index
+   * file loses nothing: it is recorded in damagedIndexFiles, and the packs
+   * that no readable index lists are read from their own headers instead
+   * (a writer then gives them a new index file: adoptUnindexedPacks).
+   * Newer format versions and I/O errors still fail.
+   */
   async loadIndex(): Promise<void> {
     if (this.#indexLoaded) return;
     const files = await this.storage.list('index');
     await forEachLimit(files, 8, async (f) => {
-      const packs = decodeIndex(await this.loadFile('index', f.name), `index ${shortId(f.name)}`);
-      this.index.add(packs, f.name as IndexId);
+      try {
+        const packs = decodeIndex(await this.loadFile('index', f.name), `index ${shortId(f.name)}`);
+        this.index.add(packs, f.name as IndexId);
+      } catch (err) {
+        if (!hasCode(err, 'HF_REPO_CORRUPT')) throw err;
+        this.damagedIndexFiles.push({ name: f.name as IndexId, error: err as Error });
+      }
     });
+    if (this.damagedIndexFiles.length > 0) {
+      for (const p of await this.storage.list('pack')) {
+        if (this.index.hasPack(p.name as PackId)) continue;
+        try {
+          this.index.add([{ pack: p.name as PackId, entries: await readPackHeader(this.storage, this.sealer, p.name as PackId, p.size) }]);
+          this.#fromHeaders.add(p.name as PackId);
+        } catch {
+          // an unreadable pack is check's to report
+        }
+      }
+    }
     this.#indexLoaded = true;
   }
 
-  /** Packs in storage that no index file lists (left by an interrupted writer). */
+  /**
+   * Packs that no readable index file lists: left by an interrupted writer,
+   * or listed only by a damaged index file.
+   */
   async unindexedPacks(): Promise<{ name: PackId; size: number }[]> {
     await this.loadIndex();
     return (await this.storage.list('pack'))
-      .filter((p) => !this.index.hasPack(p.name as PackId))
+      .filter((p) => !this.index.hasPack(p.name as PackId) || this.#fromHeaders.has(p.name as PackId))
       .map((p) => ({ name: p.name as PackId, size: p.size }));
   }
 

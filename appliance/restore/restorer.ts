@@ -79,7 +79,14 @@ function join(dir: Buffer, name: Buffer): Buffer {
  */
 export async function restore(repo: Repository, snapshot: Snapshot, options: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
-  await fsp.mkdir(options.target, { recursive: true });
+  try {
+    await fsp.mkdir(options.target, { recursive: true });
+    if (!(await fsp.stat(options.target)).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+  } catch (cause) {
+    throw new HoldfastError('HF_INVALID_ARGUMENT',
+      `cannot restore into ${options.target}: ${errorCode(cause) === 'EEXIST' || errorCode(cause) === 'ENOTDIR' ? 'it exists and is not a directory' : (cause as Error).message}; choose a directory (it is created if missing)`,
+      { cause });
+  }
   const base = Buffer.from(await fsp.realpath(options.target), 'utf8');
   const lock = await repo.lock('shared', 'holdfast restore');
   try {
