@@ -4,17 +4,9 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import { typeOf } from '../helpers/tree.ts';
 import { walk } from './data.ts';
 import { BenchError } from './run.ts';
-
-function typeOf(st: fs.Stats): string {
-  if (st.isFile()) return 'file';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isFIFO()) return 'fifo';
-  if (st.isSocket()) return 'socket';
-  return st.isCharacterDevice() ? 'chardev' : 'blockdev';
-}
 
 /**
  * One line per entry: type, permission bits, owner, size (files and

@@ -130,7 +130,8 @@ interface Info {
   digest?: string;
 }
 
-function typeOf(st: fs.BigIntStats): string {
+/** The entry type as the tree comparisons name it. */
+export function typeOf(st: fs.Stats | fs.BigIntStats): string {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';
