@@ -86,6 +86,16 @@ export async function main(argv: string[]): Promise<number> {
       }
     };
 
+  /** Opens the repository for the length of fn, closing it however fn ends. */
+  const withRepository = async <T>(g: GlobalOptions, fn: (repo: Repository) => Promise<T>): Promise<T> => {
+    const repo = await openRepository(g);
+    try {
+      return await fn(repo);
+    } finally {
+      await repo.close();
+    }
+  };
+
   program.command('init')
     .description('create a repository; prints the recovery key once')
     .action(action(async (g) => {
@@ -107,8 +117,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--parent <snapshot>', 'compare against this snapshot instead of the latest of the same host and paths')
     .option('--force', 'read every file, even those unchanged since the parent')
     .action(action(async (g, paths: string[], o: { tag?: string[]; host?: string; parent?: string; force?: boolean }) => {
-      const repo = await openRepository(g);
-      try {
+      return withRepository(g, async (repo) => {
         let parent;
         if (o.parent) parent = resolveSnapshot((await listSnapshots(repo)).snapshots, o.parent).id;
         let live: { archive: { files: number; bytesRead: number }; writer: { bytesAdded: number } } | null = null;
@@ -141,16 +150,13 @@ export async function main(argv: string[]): Promise<number> {
           warningList: r.warnings.slice(0, 100),
         });
         return r.warnings.length > 0 ? EXIT.warnings : EXIT.ok;
-      } finally {
-        await repo.close();
-      }
+      });
     }));
 
   program.command('snapshots')
     .description('list snapshots, oldest first')
     .action(action(async (g) => {
-      const repo = await openRepository(g);
-      try {
+      return withRepository(g, async (repo) => {
         const { snapshots, damaged } = await listSnapshots(repo);
         for (const d of damaged) out.warn(`snapshot ${shortId(d.id)} is unreadable: ${d.error.message}`);
         out.result(snapshots.map((s) => ({ id: s.id, short: shortId(s.id), ...s.snapshot })));
@@ -161,27 +167,24 @@ export async function main(argv: string[]): Promise<number> {
         }
         if (snapshots.length === 0) out.line('no snapshots yet');
         return damaged.length > 0 ? EXIT.failed : EXIT.ok;
-      } finally {
-        await repo.close();
-      }
+      });
     }));
 
-  const withCatalog = async <T>(g: GlobalOptions, fn: (repo: Repository, catalog: Catalog, snaps: SnapshotEntry[]) => Promise<T>): Promise<T> => {
-    const repo = await openRepository(g);
-    const lock = await repo.lock('shared', 'holdfast catalog');
-    let catalog: Catalog | null = null;
-    try {
-      await repo.loadIndex();
-      catalog = await Catalog.open(cacheDir(g), repo.id);
-      await catalog.sync(repo);
-      const { snapshots } = await listSnapshots(repo);
-      return await fn(repo, catalog, snapshots);
-    } finally {
-      await catalog?.close();
-      await lock.release();
-      await repo.close();
-    }
-  };
+  const withCatalog = <T>(g: GlobalOptions, fn: (repo: Repository, catalog: Catalog, snaps: SnapshotEntry[]) => Promise<T>): Promise<T> =>
+    withRepository(g, async (repo) => {
+      const lock = await repo.lock('shared', 'holdfast catalog');
+      let catalog: Catalog | null = null;
+      try {
+        await repo.loadIndex();
+        catalog = await Catalog.open(cacheDir(g), repo.id);
+        await catalog.sync(repo);
+        const { snapshots } = await listSnapshots(repo);
+        return await fn(repo, catalog, snapshots);
+      } finally {
+        await catalog?.close();
+        await lock.release();
+      }
+    });
 
   program.command('ls')
     .description('list a directory of a snapshot ("latest" or an id prefix)')
@@ -229,8 +232,7 @@ export async function main(argv: string[]): Promise<number> {
     .requiredOption('--target <dir>', 'where to restore (snapshot paths are recreated under it)')
     .option('--include <path>', 'restore only this path of the snapshot (repeatable)', collect)
     .action(action(async (g, ref: string, o: { target: string; include?: string[] }) => {
-      const repo = await openRepository(g);
-      try {
+      return withRepository(g, async (repo) => {
         const s = resolveSnapshot((await listSnapshots(repo)).snapshots, ref);
         let stats: { files: number; bytes: number } | null = null;
         const started = performance.now();
@@ -251,9 +253,7 @@ export async function main(argv: string[]): Promise<number> {
           `${st.failed ? `; ${st.failed} file(s) NOT restored` : ''}${r.warnings.length ? `; ${r.warnings.length} warning(s)` : ''}`);
         out.result({ snapshot: s.id, target: path.resolve(o.target), ...st, seconds: r.seconds, warnings: r.warnings.length, warningList: r.warnings.slice(0, 100) });
         return r.warnings.length > 0 ? EXIT.warnings : EXIT.ok;
-      } finally {
-        await repo.close();
-      }
+      });
     }));
 
   program.command('check')
@@ -261,8 +261,7 @@ export async function main(argv: string[]): Promise<number> {
     .addOption(new Option('--read-data', 'read and verify every pack'))
     .addOption(new Option('--read-data-subset <percent>', 'read and verify a random share of the packs, e.g. 10%').argParser(percent))
     .action(action(async (g, o: { readData?: boolean; readDataSubset?: number }) => {
-      const repo = await openRepository(g);
-      try {
+      return withRepository(g, async (repo) => {
         const readData = o.readData ? { fraction: 1 } : o.readDataSubset ? { fraction: o.readDataSubset } : null;
         let phase = 'starting';
         out.startProgress(() => phase);
@@ -288,9 +287,7 @@ export async function main(argv: string[]): Promise<number> {
             : ' No snapshot has lost data; follow the advice given with each error.'}`);
         out.result(r);
         return r.ok ? EXIT.ok : EXIT.failed;
-      } finally {
-        await repo.close();
-      }
+      });
     }));
 
   program.command('forget')
@@ -306,8 +303,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--prune', 'prune afterwards')
     .option('--dry-run', 'only show what would be forgotten')
     .action(action(async (g, ids: string[], o: Record<string, number | string[] | boolean | undefined>) => {
-      const repo = await openRepository(g);
-      try {
+      return withRepository(g, async (repo) => {
         const policy: RetentionPolicy = {};
         for (const k of ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const) {
           const v = o[`keep${k[0]!.toUpperCase()}${k.slice(1)}`];
@@ -331,26 +327,21 @@ export async function main(argv: string[]): Promise<number> {
           wouldRemove: o.dryRun ? r.decisions.filter((d) => !d.keep).map((d) => d.entry.id) : [],
           prune: pruned,
         });
-      } finally {
-        await repo.close();
-      }
+      });
     }));
 
   program.command('prune')
     .description('remove data that no snapshot needs')
     .option('--dry-run', 'only show what would be removed')
     .action(action(async (g, o: { dryRun?: boolean }) => {
-      const repo = await openRepository(g);
-      try {
+      return withRepository(g, async (repo) => {
         let phase = 'marking';
         out.startProgress(() => phase);
         const r = await prune(repo, { dryRun: o.dryRun ?? false, onProgress: (p) => { phase = `${p.phase} ${p.done}/${p.total}`; } });
         out.stopProgress();
         out.line(pruneSummary(r));
         out.result(r);
-      } finally {
-        await repo.close();
-      }
+      });
     }));
 
   program.command('unlock')
@@ -372,14 +363,11 @@ export async function main(argv: string[]): Promise<number> {
     .action(action(async (g, o: { newPasswordFile?: string }) => {
       const next = passphrase({ passwordFile: o.newPasswordFile }, false) ?? process.env.HOLDFAST_NEW_PASSWORD;
       if (!next) throw new HoldfastError('HF_NO_PASSWORD', 'no new passphrase: set HOLDFAST_NEW_PASSWORD or pass --new-password-file');
-      const repo = await openRepository(g);
-      try {
+      return withRepository(g, async (repo) => {
         await repo.changePassphrase(next);
         out.line('passphrase changed; the recovery key still works');
         out.result({ changed: true });
-      } finally {
-        await repo.close();
-      }
+      });
     }));
 
   try {
