@@ -75,3 +75,34 @@ t.test('hostile names in a snapshot are refused; nothing is written outside the 
   const everything = fs.readdirSync(dir).sort();
   t.same(everything, ['outside', 'repo', 'target'], 'the test directory holds nothing else');
 });
+
+t.test('a name legal on a Windows server but too long for this file system: a warning that says so; the rest restores', async (t) => {
+  const dir = tmpDir(t);
+  const { repo } = await Repository.init(new LocalStorage(path.join(dir, 'repo')), 'pw');
+  t.teardown(() => repo.close());
+  const lock = await repo.lock('append', 'test');
+  const w = repo.writer();
+  const payload = (await w.saveBlob(BlobType.data, Buffer.from('payload\n'), null)).id;
+  // 100 CJK characters: 100 UTF-16 units (NTFS allows 255), 300 bytes of UTF-8 (ext4 allows 255).
+  const long = '\u65e5'.repeat(100);
+  const root = (await w.saveBlob(BlobType.tree, encodeTree([
+    node(long, { size: 8, content: [payload] }),
+    node(`${long}-dir`, { type: 'dir', subtree: (await w.saveBlob(BlobType.tree, encodeTree([]), null)).id as BlobId, content: undefined }),
+    node('ok.txt', { size: 8, content: [payload] }),
+  ]), null)).id;
+  await w.flush();
+  const snapshot: Snapshot = {
+    version: 1, time: new Date().toISOString(), host: 'fs1', username: 'x', paths: ['/'], tags: [], tree: root,
+    parent: null, source: { kind: 'smb', location: 'smb://u@fs1:445/data' },
+    stats: { files: 0, dirs: 0, bytes: 0, filesRead: 0, filesUnchanged: 0, bytesRead: 0, bytesAdded: 0, rawAdded: 0, blobsAdded: 0, warnings: 0, seconds: 0 },
+    program: PROGRAM,
+  };
+  await saveSnapshot(w, snapshot);
+  await lock.release();
+  const r = await restore(repo, snapshot, { target: path.join(dir, 'target') });
+  const tooLong = r.warnings.filter((x) => x.code === 'HF_WARN_WRITE' && /300 bytes, longer than this file system allows/.test(x.message));
+  t.equal(tooLong.length, 1, 'the file gets a warning naming the cause');
+  t.ok(r.warnings.some((x) => x.code === 'HF_WARN_WRITE' && /longer than this file system allows/.test(x.message) && x.path.endsWith('-dir')),
+    'so does the directory');
+  t.equal(fs.readFileSync(path.join(dir, 'target', 'ok.txt'), 'utf8'), 'payload\n', 'the rest is restored');
+});

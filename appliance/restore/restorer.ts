@@ -288,7 +288,7 @@ class Restorer {
     this.stats.failed++;
     const damaged = err instanceof HoldfastError &&
       (err.code === 'HF_PACK_CORRUPT' || err.code === 'HF_BLOB_MISSING' || err.code === 'HF_REPO_CORRUPT');
-    const message = (err as Error).message;
+    const message = writeFailure(p, err);
     this.#warn(p, damaged ? 'HF_WARN_DAMAGED' : 'HF_WARN_WRITE',
       `${damaged ? 'not restored, the repository copy is damaged' : 'not restored'}: ${message}` +
       (damaged && !message.includes('holdfast check') ? '; run `holdfast check --read-data` for the full list' : ''));
@@ -346,7 +346,7 @@ class Restorer {
       await fn();
       return true;
     } catch (err) {
-      this.#warn(p, 'HF_WARN_WRITE', `not restored: ${(err as Error).message}`);
+      this.#warn(p, 'HF_WARN_WRITE', `not restored: ${writeFailure(p, err)}`);
       return false;
     }
   }
@@ -522,3 +522,16 @@ class Restorer {
   }
 }
 
+/**
+ * Why a path could not be written, in words an admin can act on. A name from
+ * a Windows server can be legal there (255 UTF-16 units) and too long here
+ * (255 bytes of UTF-8).
+ */
+function writeFailure(p: Buffer, err: unknown): string {
+  if ((err as { code?: string }).code === 'ENAMETOOLONG') {
+    const name = p.subarray(p.lastIndexOf(0x2f) + 1);
+    return `its name is ${name.length} bytes, longer than this file system allows (usually 255), or the path is too long; ` +
+      'restore it to a target whose file system allows it (e.g. back onto the server it came from), or restore its directory elsewhere';
+  }
+  return (err as Error).message;
+}
