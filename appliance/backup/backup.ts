@@ -47,11 +47,13 @@ export function normalizePaths(paths: readonly string[]): string[] {
   return [...out].sort();
 }
 
-function chooseParent(all: readonly SnapshotEntry[], host: string, paths: readonly string[]): SnapshotEntry | null {
+function chooseParent(all: readonly SnapshotEntry[], host: string, paths: readonly string[], source: Source): SnapshotEntry | null {
   const key = [...paths].sort().join('\0');
   for (let i = all.length - 1; i >= 0; i--) {
     const s = all[i]!.snapshot;
-    if (s.host === host && [...s.paths].sort().join('\0') === key) return all[i]!;
+    // The same paths on another server are other files: never a parent.
+    const sameSource = s.source.kind === source.kind && s.source.location === source.location;
+    if (s.host === host && sameSource && [...s.paths].sort().join('\0') === key) return all[i]!;
   }
   return null;
 }
@@ -91,7 +93,7 @@ export async function backup(repo: Repository, source: Source, options: BackupOp
     let parent: SnapshotEntry | null = null;
     if (options.parent !== null) {
       parent = options.parent === undefined
-        ? chooseParent(snapshots, host, paths)
+        ? chooseParent(snapshots, host, paths, source)
         : snapshots.find((s) => s.id === options.parent) ?? null;
     }
     const archiver = new Archiver(repo, writer, source, {

@@ -64,7 +64,8 @@ export function decodeSnapshot(plain: Buffer, id: string): Snapshot {
       `snapshot ${shortId(id)} has format version ${String(s?.version)}; this Holdfast reads version 1: upgrade Holdfast`);
   }
   if (typeof s.time !== 'string' || !Number.isFinite(Date.parse(s.time)) || typeof s.tree !== 'string' ||
-      !isId(s.tree) || !Array.isArray(s.paths) || !Array.isArray(s.tags) || typeof s.host !== 'string') {
+      !isId(s.tree) || !Array.isArray(s.paths) || !Array.isArray(s.tags) || typeof s.host !== 'string' ||
+      typeof s.source?.kind !== 'string' || typeof s.source?.location !== 'string') {
     throw bad('missing or invalid fields');
   }
   return s;
