@@ -4,7 +4,7 @@ import { type BlobId, BlobType, type Repository, type RepositoryWriter, blobIdOf
 import {
   type SnapshotStats, type TreeNode, decodeTree, displayName, encodeTree, sameNode,
 } from '../snapshot/index.ts';
-import { type Source, type SourceStat, joinPath } from '../sources/index.ts';
+import { CHANGED_DURING_READ, type Source, type SourceStat, joinPath } from '../sources/index.ts';
 import { Semaphore } from '../limits/index.ts';
 
 /** Files read at once; files larger than SMALL_READ also take one of LARGE_FILES slots. */
@@ -127,6 +127,8 @@ function nodeOf(name: Buffer, e: SourceStat, extra: Partial<TreeNode>): TreeNode
   };
   if (e.type === 'symlink') n.target = e.target ?? EMPTY;
   if (e.type === 'chardev' || e.type === 'blockdev') n.rdev = e.rdev;
+  if (e.btime) n.btime = e.btime;
+  if (e.attributes !== undefined) n.attributes = e.attributes;
   return n;
 }
 
@@ -183,9 +185,9 @@ export class Archiver {
   async run(paths: readonly string[], parentRoot: BlobId | null): Promise<BlobId> {
     try {
       const trie = buildTrie(paths);
-      return trie.target
-        ? await this.#dir(ROOT, parentRoot)
-        : await this.#intermediate(ROOT, trie, parentRoot);
+      if (!trie.target) return await this.#intermediate(ROOT, trie, parentRoot);
+      const root = await this.#source.stat(ROOT);
+      return await this.#dir(ROOT, parentRoot, [`${root.device}:${root.inode}`]);
     } catch (err) {
       this.#failure ??= err;
       throw err;
@@ -267,7 +269,13 @@ export class Archiver {
     return done.filter((n): n is TreeNode => n !== null);
   }
 
-  async #dir(path: Buffer, parentTree: BlobId | null): Promise<BlobId> {
+  /**
+   * Walks a directory. `ancestors` holds the identities (device:inode) of
+   * the directories above it and itself: a server that follows symlinks for
+   * its clients (Samba, Windows junctions) can show a directory inside
+   * itself, and that must not be walked forever.
+   */
+  async #dir(path: Buffer, parentTree: BlobId | null, ancestors: readonly string[]): Promise<BlobId> {
     let listing;
     try {
       listing = await this.#source.list(path);
@@ -295,7 +303,7 @@ export class Archiver {
         batchBytes += e.size;
         continue;
       }
-      nodes.push((await this.#start(p, e.name, e, pnode)).node);
+      nodes.push((await this.#start(p, e.name, e, pnode, ancestors)).node);
     }
     // Flushed before the listing is awaited: its nodes wait on this batch.
     if (batch.length > 0) await this.#startBatch(batch);
@@ -379,14 +387,21 @@ export class Archiver {
    * free (its node comes later), else before this resolves; a file resolves
    * once it has a reading slot, its node later.
    */
-  async #start(path: Buffer, name: Buffer, e: SourceStat, pnode: TreeNode | null): Promise<{ node: TreeNode | null | Promise<TreeNode | null> }> {
+  async #start(path: Buffer, name: Buffer, e: SourceStat, pnode: TreeNode | null, ancestors: readonly string[] = []): Promise<{ node: TreeNode | null | Promise<TreeNode | null> }> {
     if (e.type === 'dir') {
       this.stats.dirs++;
       const parentTree = pnode?.type === 'dir' ? pnode.subtree! : null;
-      if (!this.#dirSlots.tryAcquire()) {
-        return { node: nodeOf(name, e, { subtree: await this.#dir(path, parentTree) }) };
+      const identity = `${e.device}:${e.inode}`;
+      if (e.inode !== 0 && ancestors.includes(identity)) {
+        this.#warn(path, null, 'HF_WARN_SOURCE',
+          'directory loop: this is a directory above it again (a symlink or junction on the server points back up); recorded empty, not walked');
+        return { node: nodeOf(name, e, { subtree: await this.#saveTree([], null) }) };
       }
-      const task = this.#dir(path, parentTree)
+      const chain = [...ancestors, identity];
+      if (!this.#dirSlots.tryAcquire()) {
+        return { node: nodeOf(name, e, { subtree: await this.#dir(path, parentTree, chain) }) };
+      }
+      const task = this.#dir(path, parentTree, chain)
         .then((subtree) => nodeOf(name, e, { subtree }))
         .finally(() => {
           this.#dirSlots.release();
@@ -428,9 +443,18 @@ export class Archiver {
         this.#hardlinks.set(key, new Promise((resolve) => { settleLink = resolve; }));
       }
     }
-    let result: { content: BlobId[]; size: number } | null = null;
+    let result: { content: BlobId[]; size: number; changed: boolean } | null = null;
     try {
       result = await this.#readFile(path, e);
+      if (result?.changed) {
+        // Changed while being read: the bytes may mix old and new. Once more;
+        // what the first read stored is left for prune.
+        result = await this.#readFile(path, e);
+        if (result?.changed) {
+          this.#warn(path, null, 'HF_WARN_CHANGED',
+            'file changed while being read, twice; stored as read the second time, which may be inconsistent');
+        }
+      }
     } finally {
       (settleLink as ((c: BlobId[] | null) => void) | null)?.(result?.content ?? null);
     }
@@ -446,7 +470,7 @@ export class Archiver {
    * definition: it skips the chunker, and its id is computed in the same
    * threadpool job that seals it.
    */
-  async #readFile(path: Buffer, e: SourceStat): Promise<{ content: BlobId[]; size: number } | null> {
+  async #readFile(path: Buffer, e: SourceStat): Promise<{ content: BlobId[]; size: number; changed: boolean } | null> {
     const minSize = this.#repo.config.chunker.minSize;
     let chunker: Chunker | null = null;
     const content: BlobId[] = [];
@@ -457,6 +481,7 @@ export class Archiver {
     let carryLen = 0;
     let total = 0;
     let sourceError: unknown = null;
+    let changed = false;
     let clean = false;
     /** Stores one chunk (data lies in held); id null: computed while sealing. */
     const store = async (id: BlobId | null, data: Buffer, held: Held) => {
@@ -488,7 +513,9 @@ export class Archiver {
         try {
           r = await it.next();
         } catch (err) {
-          sourceError = err;
+          // Every byte came; the source saw the file change meanwhile.
+          if (errorCode(err) === CHANGED_DURING_READ) changed = true;
+          else sourceError = err;
           break;
         }
         if (r.done) break;
@@ -563,11 +590,11 @@ export class Archiver {
       this.#warn(path, sourceError, warningCode(sourceError), `file not backed up: ${describeSourceError(sourceError)}`);
       return null;
     }
-    if (total !== e.size) {
+    if (total !== e.size && !changed) {
       this.#warn(path, null, 'HF_WARN_CHANGED',
         `file changed while being read (listed with ${e.size} bytes, read ${total}); stored as read`);
     }
-    return { content, size: total };
+    return { content, size: total, changed };
   }
 }
 
@@ -583,6 +610,12 @@ function describeSourceError(err: unknown): string {
       return 'it was replaced by a symlink while the backup ran';
     case 'EINVAL':
       return 'it is no longer a regular file';
+    case 'EILSEQ':
+      return 'the server lists this name but will not open it (characters Windows does not allow, such as : * ? " < > | or a newline); rename it on the server, or map such names there (Samba: vfs_catia, or `mangled names = illegal`)';
+    case 'EBUSY':
+      return 'another program on the server has it locked (it is tried again at the next backup)';
+    case 'EAGAIN':
+      return 'it changed while the connection to the server was re-established (it is read again at the next backup)';
     default:
       return err instanceof Error ? err.message : String(err);
   }

@@ -35,6 +35,10 @@ export interface TreeNode {
   target?: Buffer;
   /** Character and block devices. */
   rdev?: number;
+  /** Creation time, from sources that have one (SMB). */
+  btime?: Timespec;
+  /** Windows file attributes (MS-FSCC §2.6), from SMB sources. */
+  attributes?: number;
 }
 
 /** The tree blob of an empty directory listing. */
@@ -64,6 +68,8 @@ export function encodeTree(nodes: readonly TreeNode[]): Buffer {
     if (n.subtree) s += `,"subtree":"${n.subtree}"`;
     if (n.target) s += `,${encodeBytes('target', n.target)}`;
     if (n.rdev !== undefined) s += `,"rdev":${n.rdev}`;
+    if (n.btime !== undefined) s += `,"btime":[${n.btime[0]},${n.btime[1]}]`;
+    if (n.attributes !== undefined) s += `,"attrs":${n.attributes}`;
     parts.push(`${s}}`);
   }
   return Buffer.from(`{"nodes":[${parts.join(',')}]}`);
@@ -117,6 +123,14 @@ export function decodeTree(bytes: Buffer, what: string): TreeNode[] {
       if (!isInt(raw.rdev)) throw bad(`device node ${i} has no rdev`);
       node.rdev = raw.rdev;
     }
+    if (raw.btime !== undefined) {
+      if (!isTime(raw.btime)) throw bad(`node ${i} has an invalid btime`);
+      node.btime = raw.btime;
+    }
+    if (raw.attrs !== undefined) {
+      if (!isInt(raw.attrs)) throw bad(`node ${i} has invalid attrs`);
+      node.attributes = raw.attrs;
+    }
     return node;
   });
 }
@@ -145,7 +159,8 @@ export function sameNode(a: TreeNode, b: TreeNode): boolean {
   return a.type === b.type && a.name.equals(b.name) && a.mode === b.mode && a.uid === b.uid && a.gid === b.gid &&
     a.mtime[0] === b.mtime[0] && a.mtime[1] === b.mtime[1] && a.ctime[0] === b.ctime[0] && a.ctime[1] === b.ctime[1] &&
     a.size === b.size && a.inode === b.inode && a.device === b.device && a.links === b.links &&
-    a.subtree === b.subtree && a.rdev === b.rdev &&
+    a.subtree === b.subtree && a.rdev === b.rdev && a.attributes === b.attributes &&
+    a.btime?.[0] === b.btime?.[0] && a.btime?.[1] === b.btime?.[1] &&
     (a.target === b.target || (a.target !== undefined && b.target !== undefined && a.target.equals(b.target))) &&
     (a.content === b.content || (a.content !== undefined && b.content !== undefined &&
       a.content.length === b.content.length && a.content.every((c, i) => c === b.content![i])));

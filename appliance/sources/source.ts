@@ -17,6 +17,10 @@ export interface SourceStat {
   rdev: number;
   /** Symlink target bytes, for symlinks. */
   target: Buffer | null;
+  /** Creation (birth) time, where the source knows it (SMB). */
+  btime?: Timespec;
+  /** DOS/Windows file attributes (MS-FSCC §2.6), where the source has them (SMB). */
+  attributes?: number;
 }
 
 export interface SourceEntry extends SourceStat {
@@ -52,6 +56,13 @@ export interface Listing {
  *   rejects (before or during iteration) with a coded error. When `buffers`
  *   is given, pieces SHOULD be views of buffers taken from it (the caller
  *   puts them back); any buffer it took and did not yield, it puts back.
+ *   Any other piece becomes the caller's: it MUST NOT share its memory
+ *   (ArrayBuffer) with anything the source still uses, because the caller
+ *   frees that memory (detaches it) as soon as it has stored the bytes.
+ *   A source that can tell the file changed while it was read (times or
+ *   size differ at the end from the start) SHOULD reject with code
+ *   CHANGED_DURING_READ after yielding every byte; the caller reads it
+ *   again once, and keeps the second read with a warning if it changed again.
  * Nothing outside sources/ knows how a source talks to its server.
  */
 export interface Source {
@@ -70,6 +81,9 @@ export interface Source {
   readMany?(paths: readonly Buffer[], sizes: readonly number[], into: Buffer): Promise<ReadManyResult[]>;
   close(): Promise<void>;
 }
+
+/** The code of a read that saw its file change underneath it (see Source.read). */
+export const CHANGED_DURING_READ = 'ECHANGED';
 
 /** Maps st_mode's type bits to a node type. */
 export function typeOfMode(mode: number): NodeType {

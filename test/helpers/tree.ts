@@ -179,6 +179,15 @@ export function scanTree(root: string): Map<string, Info> {
   return out;
 }
 
+export interface CompareOptions {
+  /** Compare owners (default: when running as root). */
+  owners?: boolean;
+  /** Compare permission bits (default true; SMB has none to keep). */
+  modes?: boolean;
+  /** Compare mtimes at this resolution (default 1 ns; SMB keeps 100 ns, SFTP whole seconds). */
+  mtimeResolutionNs?: bigint;
+}
+
 /**
  * Differences between two trees: paths, types, bytes, sizes, permission bits,
  * nanosecond mtimes (directories included), symlink targets, device numbers,
@@ -186,8 +195,10 @@ export function scanTree(root: string): Map<string, Info> {
  * directory's own size is not compared (it reflects the file system's
  * history, not data). Empty when identical.
  */
-export function compareTrees(a: string, b: string, options: { owners?: boolean } = {}): string[] {
+export function compareTrees(a: string, b: string, options: CompareOptions = {}): string[] {
   const owners = options.owners ?? isRoot;
+  const modes = options.modes ?? true;
+  const res = options.mtimeResolutionNs ?? 1n;
   const ta = scanTree(a);
   const tb = scanTree(b);
   const diffs: string[] = [];
@@ -200,8 +211,8 @@ export function compareTrees(a: string, b: string, options: { owners?: boolean }
     }
     const d = (what: string, p: unknown, q: unknown) => diffs.push(`${show(k)}: ${what} ${String(p)} != ${String(q)}`);
     if (x.type !== y.type) { d('type', x.type, y.type); continue; }
-    if (x.type !== 'symlink' && x.mode !== y.mode) d('mode', x.mode.toString(8), y.mode.toString(8));
-    if (x.mtimeNs !== y.mtimeNs) d('mtime ns', x.mtimeNs, y.mtimeNs);
+    if (modes && x.type !== 'symlink' && x.mode !== y.mode) d('mode', x.mode.toString(8), y.mode.toString(8));
+    if (x.mtimeNs / res !== y.mtimeNs / res) d('mtime ns', x.mtimeNs, y.mtimeNs);
     if (x.type === 'file' && (x.size !== y.size || x.digest !== y.digest)) d('content', `${x.size}:${x.digest}`, `${y.size}:${y.digest}`);
     if (x.type === 'symlink' && !x.target!.equals(y.target!)) d('target', x.target!.toString('latin1'), y.target!.toString('latin1'));
     if ((x.type === 'chardev' || x.type === 'blockdev') && x.rdev !== y.rdev) d('rdev', x.rdev, y.rdev);
