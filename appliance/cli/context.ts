@@ -14,7 +14,7 @@ export interface GlobalOptions {
   quiet?: boolean;
 }
 
-function readSecretFile(file: string, what: string): string {
+export function readSecretFile(file: string, what: string): string {
   try {
     return fs.readFileSync(file, 'utf8').replace(/\r?\n$/, '');
   } catch (cause) {

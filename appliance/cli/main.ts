@@ -9,9 +9,9 @@ import { check, forget, prune } from '../maintenance/index.ts';
 import { Repository, removeLocks, shortId } from '../repository/index.ts';
 import { restore } from '../restore/index.ts';
 import { type RetentionPolicy, type SnapshotEntry, listSnapshots, resolveSnapshot } from '../snapshot/index.ts';
-import { LocalSource } from '../sources/index.ts';
+import { type SourceCredentials, type SourceSpec, openSource, parseSourceArgs } from '../sources/index.ts';
 import { LocalStorage } from '../storage/index.ts';
-import { type GlobalOptions, cacheDir, openRepository, passphrase, repoLocation } from './context.ts';
+import { type GlobalOptions, cacheDir, openRepository, passphrase, readSecretFile, repoLocation } from './context.ts';
 import { Output, bytes, duration, modeString, printable, time } from './output.ts';
 
 /**
@@ -110,46 +110,59 @@ export async function main(argv: string[]): Promise<number> {
     }));
 
   program.command('backup')
-    .description('back up paths into a new snapshot')
-    .argument('<paths...>', 'files or directories (absolute, or relative to the current directory)')
+    .description('back up paths (local, or smb:// or sftp:// URLs of one server) into a new snapshot')
+    .argument('<paths...>', 'local files or directories, or smb://[DOMAIN;]USER@HOST[:PORT]/SHARE[/PATH], or sftp://USER@HOST[:PORT]/PATH')
     .option('--tag <tag>', 'tag the snapshot (repeatable)', collect)
-    .option('--host <name>', 'host name to record (default: this machine)')
-    .option('--parent <snapshot>', 'compare against this snapshot instead of the latest of the same host and paths')
+    .option('--host <name>', 'host name to record (default: this machine, or the server of a URL)')
+    .option('--parent <snapshot>', 'compare against this snapshot instead of the latest of the same host, source and paths')
     .option('--force', 'read every file, even those unchanged since the parent')
-    .action(action(async (g, paths: string[], o: { tag?: string[]; host?: string; parent?: string; force?: boolean }) => {
+    .option('--source-password-file <file>', 'SMB: read the password from a file (else HOLDFAST_SOURCE_PASSWORD)')
+    .option('--source-snapshot <when>', 'SMB: read the share\'s previous version: "latest" or the newest at or before a time (ISO 8601)')
+    .option('--identity <keyfile>', 'SFTP: private key file')
+    .option('--known-hosts <file>', 'SFTP: pin the server\'s host key with this known_hosts file')
+    .option('--host-key <fingerprint>', 'SFTP: pin the server\'s host key: SHA256:… as `ssh-keygen -lf` prints it')
+    .action(action(async (g, args: string[], o: BackupFlags) => {
+      const spec = parseSourceArgs(args, process.cwd());
+      const creds = sourceCredentials(spec, o);
       return withRepository(g, async (repo) => {
-        let parent;
-        if (o.parent) parent = resolveSnapshot((await listSnapshots(repo)).snapshots, o.parent).id;
-        let live: { archive: { files: number; bytesRead: number }; writer: { bytesAdded: number } } | null = null;
-        const started = performance.now();
-        out.startProgress(() => {
-          if (!live) return 'starting…';
-          const s = (performance.now() - started) / 1000;
-          return `${duration(s)}  ${live.archive.files} files  ${bytes(live.archive.bytesRead)} read  ` +
-            `${bytes(live.writer.bytesAdded)} added  ${bytes(live.archive.bytesRead / Math.max(s, 0.001))}/s`;
-        });
-        const r = await backup(repo, new LocalSource(), {
-          paths: paths.map((p) => path.resolve(p)),
-          tags: o.tag ?? [],
-          force: o.force ?? false,
-          signal: abort.signal,
-          onWarning: (w: BackupWarning) => out.warn(`${printable(w.path)}: ${w.message} [${w.code}]`),
-          onStart: (l) => { live = l; },
-          command: 'holdfast backup',
-          ...(o.host ? { host: o.host } : {}),
-          ...(parent ? { parent } : {}),
-        });
-        out.stopProgress();
-        const st = r.snapshot.stats;
-        if (r.adopted.packs > 0) out.note(`took in ${r.adopted.packs} pack(s) (${r.adopted.blobs} blobs) left by an interrupted backup`);
-        out.line(`snapshot ${shortId(r.id)} saved: ${st.files} files, ${st.dirs} directories; ` +
-          `${st.filesRead} read, ${st.filesUnchanged} unchanged; ${bytes(st.bytesRead)} read, ${bytes(st.bytesAdded)} added ` +
-          `in ${duration(st.seconds)}${r.warnings.length ? `; ${r.warnings.length} warning(s)` : ''}`);
-        out.result({
-          snapshot: r.id, short: shortId(r.id), parent: r.snapshot.parent, ...st,
-          warningList: r.warnings.slice(0, 100),
-        });
-        return r.warnings.length > 0 ? EXIT.warnings : EXIT.ok;
+        const source = await openSource(spec, creds);
+        try {
+          let parent;
+          if (o.parent) parent = resolveSnapshot((await listSnapshots(repo)).snapshots, o.parent).id;
+          let live: { archive: { files: number; bytesRead: number }; writer: { bytesAdded: number } } | null = null;
+          const started = performance.now();
+          out.startProgress(() => {
+            if (!live) return 'starting…';
+            const s = (performance.now() - started) / 1000;
+            return `${duration(s)}  ${live.archive.files} files  ${bytes(live.archive.bytesRead)} read  ` +
+              `${bytes(live.writer.bytesAdded)} added  ${bytes(live.archive.bytesRead / Math.max(s, 0.001))}/s`;
+          });
+          const host = o.host ?? (spec.kind === 'local' ? undefined : spec.host);
+          const r = await backup(repo, source, {
+            paths: spec.paths,
+            tags: o.tag ?? [],
+            force: o.force ?? false,
+            signal: abort.signal,
+            onWarning: (w: BackupWarning) => out.warn(`${printable(w.path)}: ${w.message} [${w.code}]`),
+            onStart: (l) => { live = l; },
+            command: 'holdfast backup',
+            ...(host ? { host } : {}),
+            ...(parent ? { parent } : {}),
+          });
+          out.stopProgress();
+          const st = r.snapshot.stats;
+          if (r.adopted.packs > 0) out.note(`took in ${r.adopted.packs} pack(s) (${r.adopted.blobs} blobs) left by an interrupted backup`);
+          out.line(`snapshot ${shortId(r.id)} saved: ${st.files} files, ${st.dirs} directories; ` +
+            `${st.filesRead} read, ${st.filesUnchanged} unchanged; ${bytes(st.bytesRead)} read, ${bytes(st.bytesAdded)} added ` +
+            `in ${duration(st.seconds)}${r.warnings.length ? `; ${r.warnings.length} warning(s)` : ''}`);
+          out.result({
+            snapshot: r.id, short: shortId(r.id), parent: r.snapshot.parent, ...st,
+            warningList: r.warnings.slice(0, 100),
+          });
+          return r.warnings.length > 0 ? EXIT.warnings : EXIT.ok;
+        } finally {
+          await source.close();
+        }
       });
     }));
 
@@ -389,4 +402,51 @@ export async function main(argv: string[]): Promise<number> {
 function pruneSummary(r: { dryRun: boolean; packsDeleted: number; packsRepacked: number; strayPacks: number; blobsRemoved: number; bytesBefore: number; bytesAfter: number }): string {
   return `${r.dryRun ? 'would remove' : 'removed'} ${r.blobsRemoved} unused blobs: ${r.packsDeleted} packs deleted, ` +
     `${r.packsRepacked} repacked, ${r.strayPacks} stray; ${bytes(r.bytesBefore)} -> ${bytes(r.bytesAfter)}`;
+}
+
+interface BackupFlags {
+  tag?: string[];
+  host?: string;
+  parent?: string;
+  force?: boolean;
+  sourcePasswordFile?: string;
+  sourceSnapshot?: string;
+  identity?: string;
+  knownHosts?: string;
+  hostKey?: string;
+}
+
+/** The secrets and pins a source URL needs, from flags and the environment; wrong combinations are HF_USAGE. */
+function sourceCredentials(spec: SourceSpec, o: BackupFlags): SourceCredentials {
+  const remoteOnly = { sourcePasswordFile: '--source-password-file', sourceSnapshot: '--source-snapshot', identity: '--identity', knownHosts: '--known-hosts', hostKey: '--host-key' } as const;
+  const allowed: Record<SourceSpec['kind'], (keyof typeof remoteOnly)[]> = {
+    local: [],
+    smb: ['sourcePasswordFile', 'sourceSnapshot'],
+    sftp: ['identity', 'knownHosts', 'hostKey'],
+  };
+  for (const [k, flag] of Object.entries(remoteOnly) as [keyof typeof remoteOnly, string][]) {
+    if (o[k] !== undefined && !allowed[spec.kind].includes(k)) {
+      throw new HoldfastError('HF_USAGE', `${flag} does not apply to a ${spec.kind === 'local' ? 'local path' : `${spec.kind}:// source`}`);
+    }
+  }
+  const creds: SourceCredentials = {};
+  if (spec.kind === 'smb') {
+    const pw = o.sourcePasswordFile ? readSecretFile(o.sourcePasswordFile, 'source password') : process.env.HOLDFAST_SOURCE_PASSWORD;
+    if (pw !== undefined) creds.password = pw;
+    if (o.sourceSnapshot) {
+      if (o.sourceSnapshot === 'latest') creds.snapshot = 'latest';
+      else {
+        const t = Date.parse(o.sourceSnapshot);
+        if (!Number.isFinite(t)) throw new HoldfastError('HF_USAGE', `--source-snapshot '${o.sourceSnapshot}': give "latest" or a time like 2026-11-20T18:00:00Z`);
+        creds.snapshot = new Date(t);
+      }
+    }
+  }
+  if (o.identity) creds.identity = o.identity;
+  if (o.knownHosts) creds.knownHosts = o.knownHosts;
+  if (o.hostKey) {
+    if (!/^SHA256:[A-Za-z0-9+/]{43}$/.test(o.hostKey)) throw new HoldfastError('HF_USAGE', `--host-key '${o.hostKey}': give the fingerprint as \`ssh-keygen -lf\` prints it, SHA256: and 43 characters`);
+    creds.hostKey = o.hostKey;
+  }
+  return creds;
 }
