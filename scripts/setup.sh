@@ -6,7 +6,10 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux"
+# samba, smbclient, openssh-server and openssh-client: the real SMB and SFTP
+# servers the source tests start on loopback (and the peers the source benchmark
+# compares against).
+PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba smbclient openssh-server openssh-client"
 
 if [ "$(id -u)" -eq 0 ]; then
   SUDO=""
