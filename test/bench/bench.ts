@@ -1,5 +1,5 @@
-// `npm run bench [-- chunker|tree|versions]`: Holdfast's benchmarks (see
-// README.md here). No subcommand runs all three. Exit status 0 when every
+// `npm run bench [-- chunker|tree|versions|sources]`: Holdfast's benchmarks
+// (see README.md here). No subcommand runs them all. Exit status 0 when every
 // measurement ran (targets missed included); non-zero when a tool failed or a
 // restore did not verify.
 import fs from 'node:fs';
@@ -9,10 +9,11 @@ import { type ChunkerResult, benchChunker } from './chunker.ts';
 import { emit, heading, humanOnStderr, note, say } from './report.ts';
 import { BenchError, GNU_TIME, capture } from './run.ts';
 import { toolVersions } from './tools.ts';
+import { type SourcesSummary, benchSources } from './sources.ts';
 import { type TreeSummary, benchTree } from './tree.ts';
 import { type VersionsSummary, benchVersions } from './versions.ts';
 
-const SUBCOMMANDS = ['chunker', 'tree', 'versions'] as const;
+const SUBCOMMANDS = ['chunker', 'tree', 'versions', 'sources'] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 function parseArgs(argv: string[]): Subcommand[] {
@@ -61,18 +62,21 @@ async function main(argv: string[]): Promise<void> {
   let chunker: ChunkerResult | undefined;
   let tree: TreeSummary | undefined;
   let versions: VersionsSummary | undefined;
+  let sources: SourcesSummary | undefined;
   if (which.includes('chunker')) {
     if (!chunkerOnly) heading('chunker: native FastCDC, one thread, 1 GiB of random bytes');
     chunker = await benchChunker();
   }
   if (which.includes('tree')) tree = benchTree(work);
   if (which.includes('versions')) versions = benchVersions(work);
+  if (which.includes('sources')) sources = await benchSources(work);
   if (chunkerOnly) return;
 
   const pass: Record<string, boolean> = {};
   if (chunker) pass.chunker_ratio = chunker.pass;
   for (const [k, v] of Object.entries(tree?.pass ?? {})) pass[`tree_${k}`] = v;
   if (versions) pass.versions_repo_size = versions.pass.repo_size;
+  for (const [k, v] of Object.entries(sources?.pass ?? {})) pass[`sources_${k}`] = v;
   const seconds = Math.round((performance.now() - started) / 1000);
   heading('summary');
   for (const [k, v] of Object.entries(pass)) say(`${v ? 'PASS' : 'FAIL'}  ${k}`);
@@ -81,6 +85,7 @@ async function main(argv: string[]): Promise<void> {
     bench: 'summary',
     ...(chunker ? { chunker: { gbps: chunker.gbps, sha256_gbps: chunker.sha256_gbps, ratio: chunker.ratio } } : {}),
     ...(tree ? { tree: { files: tree.files, bytes: tree.bytes, vs_restic: tree.vs_restic, vs_borg: tree.vs_borg } } : {}),
+    ...(sources ? { sources: { files: sources.files, bytes: sources.bytes, ratios: sources.ratios } } : {}),
     ...(versions ? { versions: { repo_bytes: versions.repo_bytes, seconds: versions.seconds, size_vs_restic: versions.size_vs_restic, size_vs_borg: versions.size_vs_borg } } : {}),
     pass,
     all_pass: Object.values(pass).every(Boolean),
