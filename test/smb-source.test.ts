@@ -7,7 +7,10 @@ import path from 'node:path';
 
 import t, { type Test } from 'tap';
 
+import { Repository } from '../appliance/repository/index.ts';
+import { listSnapshots, locatePath } from '../appliance/snapshot/index.ts';
 import { SmbClient, SmbSource } from '../appliance/sources/smb/index.ts';
+import { LocalStorage } from '../appliance/storage/index.ts';
 import { cli } from './helpers/cli.ts';
 import { type SambaProfile, type SambaServer, dropConnections, makeShadowSnapshot, sambaSessions, startSamba } from './helpers/samba.ts';
 import { tmpDir } from './helpers/tmp.ts';
@@ -86,6 +89,21 @@ for (const { profile, dialect, protection } of PROFILES) {
     t.same(compareTrees(server.root, target, SMB_COMPARE), [], 'the restored tree equals the share');
     const c = await cli(['check', ...repo.repoArgs, '--read-data'], repo.env);
     t.equal(c.code, 0, 'check --read-data passes');
+
+    // What the snapshot keeps of SMB's metadata: attributes, creation time, the server's file id.
+    const r2 = await Repository.open(new LocalStorage(path.join(repo.dir, 'repo')), { password: 'repo pw' });
+    t.teardown(() => r2.close());
+    await r2.loadIndex();
+    const snap = (await listSnapshots(r2)).snapshots.at(-1)!.snapshot;
+    t.match(snap.source, { kind: 'smb', location: `smb://${server.user}@127.0.0.1:${server.port}/${server.share}` });
+    t.equal(snap.host, '127.0.0.1', 'the server is the host of the snapshot');
+    const readme = (await locatePath(r2, snap.tree, '/readme.txt')).node!;
+    const onDisk = fs.statSync(path.join(server.root, 'readme.txt'), { bigint: true });
+    t.equal(readme.attributes! & 0x10, 0, 'a file has no DIRECTORY attribute');
+    t.equal(readme.inode, Number(onDisk.ino), 'inode: the file id the server gives (Samba: the inode)');
+    t.ok(readme.btime && readme.btime[0] > 0, 'a creation time is recorded');
+    const docs = (await locatePath(r2, snap.tree, '/docs')).node!;
+    t.equal(docs.attributes! & 0x10, 0x10, 'a directory has the DIRECTORY attribute');
   });
 }
 
