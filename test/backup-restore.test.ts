@@ -8,7 +8,7 @@ import { check } from '../appliance/maintenance/index.ts';
 import { Repository } from '../appliance/repository/index.ts';
 import { restore } from '../appliance/restore/index.ts';
 import { listSnapshots } from '../appliance/snapshot/index.ts';
-import { LocalSource } from '../appliance/sources/index.ts';
+import { CHANGED_DURING_READ, LocalSource, type ReadBuffers } from '../appliance/sources/index.ts';
 import { LocalStorage } from '../appliance/storage/index.ts';
 import { tmpDir } from './helpers/tmp.ts';
 import { allocated, compareTrees, makeOddTree, pseudoRandom } from './helpers/tree.ts';
@@ -129,4 +129,57 @@ t.test('snapshots of several paths share one root, each under its full path', as
   t.same(fs.readdirSync(path.join(target, dir)).sort(), ['a', 'b', 'single-file'], 'only the chosen entries of the parent');
   const { snapshots } = await listSnapshots(repo);
   t.equal(snapshots.length, 1);
+});
+
+/** Content of the busy file's version n: larger than a chunk's minimum, so it is streamed, not batched. */
+const busy = (n: number) => `version ${n}\n${'x'.repeat(40_000)}`;
+
+/**
+ * A local source that, like the SMB and SFTP sources, reports a file changed
+ * while it was read (CHANGED_DURING_READ after the last byte): for the
+ * first `times` reads of `victim`, each read also rewrites the file.
+ */
+class ChangingSource extends LocalSource {
+  reads = 0;
+  readonly victim: string;
+  readonly times: number;
+
+  constructor(victim: string, times: number) {
+    super();
+    this.victim = victim;
+    this.times = times;
+  }
+
+  override async *read(p: Buffer, sizeHint: number, buffers?: ReadBuffers): AsyncIterable<Buffer> {
+    yield* super.read(p, sizeHint, buffers);
+    if (p.toString() !== this.victim) return;
+    this.reads++;
+    if (this.reads <= this.times) {
+      fs.writeFileSync(this.victim, busy(this.reads + 1));
+      throw Object.assign(new Error('changed while read'), { code: CHANGED_DURING_READ });
+    }
+  }
+}
+
+t.test('a file that changes while it is read is read again; if it changes again, it is kept with a warning', async (t) => {
+  const dir = tmpDir(t);
+  const repo = await newRepo(t, dir);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  const victim = path.join(src, 'busy.log');
+  fs.writeFileSync(victim, busy(1));
+  fs.writeFileSync(path.join(src, 'quiet.txt'), 'quiet');
+
+  const once = new ChangingSource(victim, 1);
+  const r1 = await backup(repo, once, { paths: [src], force: true });
+  t.equal(once.reads, 2, 'read twice');
+  t.same(r1.warnings, [], 'the second read was consistent: no warning');
+  await restore(repo, (await listSnapshots(repo)).snapshots.at(-1)!.snapshot, { target: path.join(dir, 'r1') });
+  t.equal(fs.readFileSync(path.join(dir, 'r1', victim), 'utf8'), busy(2), 'what the second read saw is stored');
+
+  const always = new ChangingSource(victim, 99);
+  const r2 = await backup(repo, always, { paths: [src], force: true });
+  t.equal(always.reads, 2, 'read twice, not more');
+  t.same(r2.warnings.map((w) => [w.path, w.code]), [[victim, 'HF_WARN_CHANGED']], 'then kept, with a warning');
+  t.match(r2.warnings[0]!.message, /changed while being read, twice/);
 });
