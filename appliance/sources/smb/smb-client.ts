@@ -25,6 +25,8 @@ export interface SmbClientOptions {
   encrypt?: boolean;
   /** Lowest dialect accepted (default SMB 2.1). */
   minDialect?: number;
+  /** Highest dialect offered (default SMB 3.1.1); for servers that mishandle newer ones, and tests. */
+  maxDialect?: number;
 }
 
 /** What CREATE and QUERY_DIRECTORY tell about a file (MS-FSCC FILETIMEs kept raw). */
@@ -136,7 +138,7 @@ export class SmbClient {
     const where = `SMB server ${opts.host}:${conn.port}`;
     // NEGOTIATE (§3.2.4.2.2.2)
     const salt = crypto.randomBytes(32);
-    const negReq = negotiateRequest(salt, opts.minDialect ?? Dialect.SMB2_1);
+    const negReq = negotiateRequest(salt, opts.minDialect ?? Dialect.SMB2_1, opts.maxDialect ?? Dialect.SMB3_1_1);
     let neg: Smb2Response;
     let negSent: Buffer;
     try {
@@ -507,9 +509,38 @@ function bufferAt(r: Smb2Response, offset: number, length: number, where: string
   return r.message.subarray(offset, offset + length);
 }
 
-/** NEGOTIATE request body with all four dialects and, for 3.1.1, its contexts (§2.2.3). */
-function negotiateRequest(salt: Buffer, minDialect: number): Buffer {
-  const dialects = [Dialect.SMB2_1, Dialect.SMB3_0, Dialect.SMB3_0_2, Dialect.SMB3_1_1].filter((d) => d >= minDialect);
+/** NEGOTIATE request body with the dialects in [min, max] and, when 3.1.1 is among them, its contexts (§2.2.3). */
+function negotiateRequest(salt: Buffer, minDialect: number, maxDialect: number): Buffer {
+  const dialects = [Dialect.SMB2_1, Dialect.SMB3_0, Dialect.SMB3_0_2, Dialect.SMB3_1_1].filter((d) => d >= minDialect && d <= maxDialect);
+  if (dialects.length === 0) throw new HoldfastError('HF_INVALID_ARGUMENT', 'no SMB dialect between the minimum and maximum configured');
+  const contexts: Buffer[] = [];
+  if (dialects.includes(Dialect.SMB3_1_1)) contexts.push(...negotiateContexts(salt));
+  const fixed = 36 + 2 * dialects.length;
+  const ctxStart = contexts.length ? align8(HEADER_SIZE + fixed) - HEADER_SIZE : fixed;
+  let total = ctxStart;
+  for (let i = 0; i < contexts.length; i++) total = (i > 0 ? align8(total + HEADER_SIZE) - HEADER_SIZE : total) + contexts[i]!.length;
+  const body = Buffer.alloc(total);
+  body.writeUInt16LE(36, 0);
+  body.writeUInt16LE(dialects.length, 2);
+  body.writeUInt16LE(SIGNING_ENABLED, 4);
+  body.writeUInt32LE(Capability.LARGE_MTU | Capability.ENCRYPTION, 8);
+  crypto.randomBytes(16).copy(body, 12); // ClientGuid
+  if (contexts.length) {
+    body.writeUInt32LE(HEADER_SIZE + ctxStart, 28);
+    body.writeUInt16LE(contexts.length, 32);
+  }
+  dialects.forEach((d, i) => body.writeUInt16LE(d, 36 + 2 * i));
+  let off = ctxStart;
+  for (let i = 0; i < contexts.length; i++) {
+    if (i > 0) off = align8(off + HEADER_SIZE) - HEADER_SIZE;
+    contexts[i]!.copy(body, off);
+    off += contexts[i]!.length;
+  }
+  return body;
+}
+
+/** The 3.1.1 negotiate contexts: pre-auth integrity (SHA-512), ciphers, signing algorithms. */
+function negotiateContexts(salt: Buffer): Buffer[] {
   const contexts: Buffer[] = [];
   const preauth = Buffer.alloc(6 + salt.length);
   preauth.writeUInt16LE(1, 0); // HashAlgorithmCount
@@ -525,27 +556,7 @@ function negotiateRequest(salt: Buffer, minDialect: number): Buffer {
   signing.writeUInt16LE(SIGNING_PREFERENCE.length, 0);
   SIGNING_PREFERENCE.forEach((a, i) => signing.writeUInt16LE(a, 2 + 2 * i));
   contexts.push(negContext(NegotiateContext.SIGNING, signing));
-
-  const fixed = 36 + 2 * dialects.length;
-  const ctxStart = align8(HEADER_SIZE + fixed) - HEADER_SIZE;
-  let total = ctxStart;
-  for (let i = 0; i < contexts.length; i++) total = (i > 0 ? align8(total + HEADER_SIZE) - HEADER_SIZE : total) + contexts[i]!.length;
-  const body = Buffer.alloc(total);
-  body.writeUInt16LE(36, 0);
-  body.writeUInt16LE(dialects.length, 2);
-  body.writeUInt16LE(SIGNING_ENABLED, 4);
-  body.writeUInt32LE(Capability.LARGE_MTU | Capability.ENCRYPTION, 8);
-  crypto.randomBytes(16).copy(body, 12); // ClientGuid
-  body.writeUInt32LE(HEADER_SIZE + ctxStart, 28);
-  body.writeUInt16LE(contexts.length, 32);
-  dialects.forEach((d, i) => body.writeUInt16LE(d, 36 + 2 * i));
-  let off = ctxStart;
-  for (let i = 0; i < contexts.length; i++) {
-    if (i > 0) off = align8(off + HEADER_SIZE) - HEADER_SIZE;
-    contexts[i]!.copy(body, off);
-    off += contexts[i]!.length;
-  }
-  return body;
+  return contexts;
 }
 
 function negContext(type: number, data: Buffer): Buffer {

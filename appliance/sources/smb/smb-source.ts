@@ -145,7 +145,7 @@ export class SmbSource implements Source {
   async *read(path: Buffer, sizeHint: number): AsyncIterable<Buffer> {
     const smbPath = toSmbPath(path);
     const window = Math.max(1, this.#opts.readsInFlight ?? 8);
-    let client = this.#client;
+    let client = this.#client.closed && !this.#closed ? await this.#reconnect(this.#client, 1) : this.#client;
     let handle: Buffer | null = null;
     let first: SmbFileInfo | null = null;
     let offset = 0; // bytes yielded so far
@@ -230,7 +230,9 @@ export class SmbSource implements Source {
   /** Runs fn on the current client; reconnects and retries while the connection drops. */
   async #retry<T>(fn: (c: SmbClient) => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
-      const client = this.#client;
+      // A connection closed for a protocol error (a bad signature, say) is
+      // not retried for the request that saw it, but later work reconnects.
+      const client = this.#client.closed && !this.#closed ? await this.#reconnect(this.#client, 1) : this.#client;
       try {
         return await fn(client);
       } catch (err) {
