@@ -6,10 +6,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-# samba, smbclient, openssh-server and openssh-client: the real SMB and SFTP
-# servers the source tests start on loopback (and the peers the source benchmark
-# compares against).
-PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba smbclient openssh-server openssh-client"
+# samba (with samba-vfs-modules, for shadow_copy2), smbclient, openssh-server
+# and openssh-client: the real SMB and SFTP servers the source tests start on
+# loopback (and the peers the source benchmark compares against). rsync: the
+# replication benchmark's peer (rsync -a over ssh).
+PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba samba-vfs-modules smbclient openssh-server openssh-client rsync"
 
 if [ "$(id -u)" -eq 0 ]; then
   SUDO=""
