@@ -1,4 +1,4 @@
 export { FILE_TYPES, type FileInfo, type FileType, type FileWriter, type SaveOptions, type Storage, validName } from './storage.ts';
-export { LocalStorage } from './local-storage.ts';
+export { LocalStorage, filePath, syncDir } from './local-storage.ts';
 export { MemoryStorage } from './memory-storage.ts';
 export { FaultyStorage, type FaultRule, type Operation } from './faulty-storage.ts';

@@ -66,11 +66,7 @@ export class LocalStorage implements Storage {
   }
 
   #path(type: FileType, name: string): string {
-    if (!validName(type, name)) {
-      throw new HoldfastError('HF_INVALID_ARGUMENT', `invalid ${type} file name ${JSON.stringify(name)}`);
-    }
-    if (type === 'pack') return path.join(this.location, 'data', name.slice(0, 2), name);
-    return path.join(this.location, DIRS[type], name);
+    return filePath(this.location, type, name);
   }
 
   async save(type: FileType, name: string, parts: readonly Uint8Array[], options: SaveOptions = {}): Promise<void> {
@@ -323,7 +319,17 @@ async function writeAll(fh: FileHandle, parts: readonly Uint8Array[]): Promise<v
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
+/** Where a file lives in the directory layout under location (names are validated). */
+export function filePath(location: string, type: FileType, name: string): string {
+  if (!validName(type, name)) {
+    throw new HoldfastError('HF_INVALID_ARGUMENT', `invalid ${type} file name ${JSON.stringify(name)}`);
+  }
+  if (type === 'pack') return path.join(location, 'data', name.slice(0, 2), name);
+  return path.join(location, DIRS[type], name);
+}
+
+/** fsyncs a directory, so that a rename or unlink in it is durable. */
+export async function syncDir(dir: string): Promise<void> {
   const fh = await fsp.open(dir, 'r');
   try {
     await fh.sync();
