@@ -1,0 +1,302 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+
+import { Hasher } from '../../native/index.ts';
+import { HoldfastError, errorCode, ioError } from '../errors/index.ts';
+import type { ReplicatedType } from '../protocol/index.ts';
+import { LocalStorage, filePath, syncDir, validName } from '../storage/index.ts';
+import type { StoreBackend, StoredFile, TenantUsage, TrashEntry, Upload } from './store-backend.ts';
+
+export const TENANT_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const TRASH_ENTRY = /^(\d{13})-([0-9a-f]{8})-(config|key|pack|index|snapshot)-(.+)$/;
+const HASH_PIECE = 4 << 20;
+/** How long a usage figure is reused before the tenant's directory is walked again. */
+const USAGE_TTL_MS = 10_000;
+
+export function assertTenant(tenant: string): void {
+  if (!TENANT_NAME.test(tenant)) {
+    throw new HoldfastError('HF_INVALID_ARGUMENT', `invalid tenant name ${JSON.stringify(tenant)} (lowercase letters, digits and dashes)`);
+  }
+}
+
+/**
+ * A store's files in a directory:
+ *
+ *   <dir>/tenants/<tenant>/            a repository's layout (config, keys/, data/xx/, index/, snapshots/)
+ *   <dir>/tenants/<tenant>/partial/    uploads in progress: <type>-<name>-<digest>
+ *   <dir>/tenants/<tenant>/trash/      deleted files: <ms since epoch>-<random>-<type>-<name>
+ *
+ * Several store processes may serve one directory: every state change is a
+ * rename, partial files are written at absolute offsets, and nothing is
+ * cached except usage figures (for up to 10 s, so a quota can be overshot by
+ * what other front-ends accepted in that time).
+ */
+export class FsStoreBackend implements StoreBackend {
+  readonly location: string;
+  readonly #tenants = new Map<string, LocalStorage>();
+  readonly #usage = new Map<string, { at: number; usage: TenantUsage }>();
+
+  constructor(location: string) {
+    this.location = path.resolve(location);
+  }
+
+  /** Creates the store directory when missing. */
+  async initialize(): Promise<void> {
+    try {
+      await fsp.mkdir(path.join(this.location, 'tenants'), { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw ioError(`cannot create the store directory ${this.location}`, err);
+    }
+  }
+
+  #tenantDir(tenant: string): string {
+    assertTenant(tenant);
+    return path.join(this.location, 'tenants', tenant);
+  }
+
+  #storage(tenant: string): LocalStorage {
+    let s = this.#tenants.get(tenant);
+    if (!s) {
+      s = new LocalStorage(this.#tenantDir(tenant));
+      this.#tenants.set(tenant, s);
+    }
+    return s;
+  }
+
+  #final(tenant: string, type: ReplicatedType, name: string): string {
+    return filePath(this.#tenantDir(tenant), type, name);
+  }
+
+  #partialPath(tenant: string, type: ReplicatedType, name: string, digest: string): string {
+    if (!validName(type, name) || !/^[0-9a-f]{64}$/.test(digest)) {
+      throw new HoldfastError('HF_INVALID_ARGUMENT', `invalid ${type} name or digest`);
+    }
+    return path.join(this.#tenantDir(tenant), 'partial', `${type}-${name}-${digest}`);
+  }
+
+  async stat(tenant: string, type: ReplicatedType, name: string): Promise<number | null> {
+    try {
+      return (await fsp.stat(this.#final(tenant, type, name))).size;
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT') return null;
+      throw ioError(`cannot stat ${type} ${name} of tenant ${tenant}`, err);
+    }
+  }
+
+  async partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null> {
+    try {
+      return (await fsp.stat(this.#partialPath(tenant, type, name, digest))).size;
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT') return null;
+      throw ioError(`cannot stat the upload of ${type} ${name} of tenant ${tenant}`, err);
+    }
+  }
+
+  async openUpload(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<Upload> {
+    const partial = this.#partialPath(tenant, type, name, digest);
+    const final = this.#final(tenant, type, name);
+    const what = `${type} ${name.slice(0, 16)} of tenant ${tenant}`;
+    let fh: FileHandle;
+    try {
+      await fsp.mkdir(path.dirname(partial), { recursive: true });
+      fh = await fsp.open(partial, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    } catch (err) {
+      throw ioError(`cannot open the upload of ${what}`, err);
+    }
+    const stored = (await fh.stat()).size;
+    let closed = false;
+    const close = async () => {
+      if (closed) return;
+      closed = true;
+      await fh.close().catch(() => undefined);
+    };
+    return {
+      stored,
+      write: async (data, position) => {
+        try {
+          let done = 0;
+          while (done < data.length) {
+            const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
+            done += bytesWritten;
+          }
+        } catch (err) {
+          throw ioError(`cannot write the upload of ${what}`, err);
+        }
+      },
+      commit: async (size) => {
+        try {
+          const have = (await fh.stat()).size;
+          if (have !== size) {
+            throw new HoldfastError('HF_STORE_BAD_OFFSET', `${what}: ${have} bytes stored, ${size} announced`);
+          }
+          const hasher = new Hasher();
+          const buf = Buffer.allocUnsafe(Math.min(HASH_PIECE, Math.max(size, 1)));
+          for (let off = 0; off < size;) {
+            const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - off), off);
+            if (bytesRead === 0) throw new HoldfastError('HF_IO', `${what}: the partial file ended early`);
+            await hasher.update([buf.subarray(0, bytesRead)]);
+            off += bytesRead;
+          }
+          const got = hasher.digest().toString('hex');
+          if (got !== digest) {
+            await close();
+            await fsp.unlink(partial).catch(() => undefined);
+            throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
+              `${what}: the ${size} bytes received hash to ${got.slice(0, 16)}…, not to the announced ${digest.slice(0, 16)}…; the upload was discarded and will be sent again`);
+          }
+          await fh.sync();
+          await close();
+          await fsp.mkdir(path.dirname(final), { recursive: true });
+          const existing = await fsp.stat(final).catch(() => null);
+          if (existing) {
+            // Another front-end committed the same content first.
+            await fsp.unlink(partial).catch(() => undefined);
+          } else {
+            await fsp.rename(partial, final);
+          }
+          await syncDir(path.dirname(final));
+          await syncDir(path.dirname(partial));
+          if (!existing) this.#addUsage(tenant, size);
+        } catch (err) {
+          await close();
+          throw ioError(`cannot store ${what}`, err);
+        }
+      },
+      close,
+    };
+  }
+
+  async read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number): Promise<Buffer> {
+    try {
+      return await this.#storage(tenant).load(type, name, offset, length);
+    } catch (err) {
+      if (errorCode(err) === 'HF_STORAGE_NOT_FOUND') {
+        throw new HoldfastError('HF_STORE_NOT_FOUND', `${type} ${name} is not on the store`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  async list(tenant: string, type: ReplicatedType, after: string | undefined, limit: number): Promise<{ files: StoredFile[]; more: boolean }> {
+    const all = (await this.#storage(tenant).list(type).catch((err: unknown) => {
+      if (errorCode((err as { cause?: unknown }).cause) === 'ENOENT') return [];
+      throw err;
+    })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const from = after === undefined ? all : all.filter((f) => f.name > after);
+    return { files: from.slice(0, limit), more: from.length > limit };
+  }
+
+  async remove(tenant: string, type: ReplicatedType, name: string, now: Date): Promise<Date | null> {
+    const final = this.#final(tenant, type, name);
+    const trashDir = path.join(this.#tenantDir(tenant), 'trash');
+    const entry = `${String(now.getTime()).padStart(13, '0')}-${randomBytes(4).toString('hex')}-${type}-${name}`;
+    try {
+      await fsp.mkdir(trashDir, { recursive: true });
+      await fsp.rename(final, path.join(trashDir, entry));
+    } catch (err) {
+      if (errorCode(err) === 'ENOENT') return null;
+      throw ioError(`cannot delete ${type} ${name} of tenant ${tenant}`, err);
+    }
+    await syncDir(trashDir);
+    await syncDir(path.dirname(final));
+    this.#usage.delete(tenant);
+    return now;
+  }
+
+  async #trashEntries(tenant: string): Promise<(TrashEntry & { file: string })[]> {
+    const dir = path.join(this.#tenantDir(tenant), 'trash');
+    const names = await fsp.readdir(dir).catch((err: unknown) => {
+      if (errorCode(err) === 'ENOENT') return [] as string[];
+      throw ioError(`cannot list the trash of tenant ${tenant}`, err);
+    });
+    const out: (TrashEntry & { file: string })[] = [];
+    for (const n of names) {
+      const m = TRASH_ENTRY.exec(n);
+      if (!m) continue;
+      const type = m[3] as ReplicatedType;
+      if (!validName(type, m[4]!)) continue;
+      const st = await fsp.stat(path.join(dir, n)).catch(() => null);
+      if (!st) continue;
+      out.push({ type, name: m[4]!, size: st.size, deletedAt: new Date(Number(m[1])), file: path.join(dir, n) });
+    }
+    return out.sort((a, b) => a.deletedAt.getTime() - b.deletedAt.getTime());
+  }
+
+  async trash(tenant: string): Promise<TrashEntry[]> {
+    return (await this.#trashEntries(tenant)).map(({ file: _file, ...e }) => e);
+  }
+
+  async undelete(tenant: string, match: (e: TrashEntry) => boolean = () => true): Promise<number> {
+    let n = 0;
+    for (const e of await this.#trashEntries(tenant)) {
+      if (!match(e)) continue;
+      const final = this.#final(tenant, e.type, e.name);
+      await fsp.mkdir(path.dirname(final), { recursive: true });
+      if (await fsp.stat(final).catch(() => null)) continue; // already back (content-addressed: the same bytes)
+      await fsp.rename(e.file, final);
+      await syncDir(path.dirname(final));
+      n++;
+    }
+    this.#usage.delete(tenant);
+    return n;
+  }
+
+  async purge(before: Date): Promise<number> {
+    let n = 0;
+    for (const tenant of await this.tenants()) {
+      for (const e of await this.#trashEntries(tenant)) {
+        if (e.deletedAt.getTime() >= before.getTime()) continue;
+        await fsp.unlink(e.file).catch(() => undefined);
+        n++;
+      }
+      this.#usage.delete(tenant);
+    }
+    return n;
+  }
+
+  async usage(tenant: string): Promise<TenantUsage> {
+    const cached = this.#usage.get(tenant);
+    if (cached && Date.now() - cached.at < USAGE_TTL_MS) return cached.usage;
+    const dir = this.#tenantDir(tenant);
+    const u: TenantUsage = { files: 0, bytes: 0, partialBytes: 0, trashBytes: 0 };
+    const walk = async (d: string, kind: 'files' | 'partial' | 'trash'): Promise<void> => {
+      const entries = await fsp.readdir(d, { withFileTypes: true }).catch(() => []);
+      for (const e of entries) {
+        const p = path.join(d, e.name);
+        if (e.isDirectory()) {
+          if (d === dir && (e.name === 'partial' || e.name === 'trash')) await walk(p, e.name);
+          else if (d === dir && e.name === 'tmp') continue;
+          else await walk(p, kind);
+        } else if (e.isFile()) {
+          const st = await fsp.stat(p).catch(() => null);
+          if (!st) continue;
+          if (kind === 'files') { u.files++; u.bytes += st.size; }
+          else if (kind === 'partial') u.partialBytes += st.size;
+          else u.trashBytes += st.size;
+        }
+      }
+    };
+    await walk(dir, 'files');
+    this.#usage.set(tenant, { at: Date.now(), usage: u });
+    return u;
+  }
+
+  /** Counts a file this process stored into the cached usage. */
+  #addUsage(tenant: string, bytes: number): void {
+    const c = this.#usage.get(tenant);
+    if (c) c.usage = { ...c.usage, bytes: c.usage.bytes + bytes, files: c.usage.files + 1 };
+  }
+
+  async tenants(): Promise<string[]> {
+    const names = await fsp.readdir(path.join(this.location, 'tenants')).catch(() => [] as string[]);
+    return names.filter((n) => TENANT_NAME.test(n)).sort();
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.#tenants.values()) await s.close();
+    this.#tenants.clear();
+  }
+}
+

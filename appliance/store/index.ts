@@ -1,0 +1,4 @@
+export { FsStoreBackend, TENANT_NAME, assertTenant } from './fs-store-backend.ts';
+export type { StoreBackend, StoredFile, TenantUsage, TrashEntry, Upload } from './store-backend.ts';
+export { StoreServer, type StoreServerOptions, type StoreTls } from './store-server.ts';
+export { importSeed } from './seed-import.ts';

@@ -1,0 +1,84 @@
+import type { ReplicatedType } from '../protocol/index.ts';
+
+export interface StoredFile {
+  name: string;
+  size: number;
+}
+
+export interface TenantUsage {
+  files: number;
+  bytes: number;
+  partialBytes: number;
+  trashBytes: number;
+}
+
+export interface TrashEntry {
+  type: ReplicatedType;
+  name: string;
+  size: number;
+  deletedAt: Date;
+}
+
+/**
+ * An upload being received: bytes at absolute offsets, then verified and
+ * made visible. Uploads of the same file (tenant, type, name, digest) share
+ * one partial file, also across processes: that is what resume and stateless
+ * front-ends rest on.
+ */
+export interface Upload {
+  /** Bytes stored so far (the partial file's length when opened). */
+  readonly stored: number;
+  /**
+   * Writes bytes at position. Calls MAY overlap; the caller awaits each
+   * before acknowledging it. Writing the same bytes twice is harmless.
+   */
+  write(data: Uint8Array, position: number): Promise<void>;
+  /**
+   * Checks that the partial file holds exactly size bytes hashing to the
+   * digest (HF_STORE_DIGEST_MISMATCH otherwise, and the partial file is
+   * discarded), makes it durable and visible under its name, and only then
+   * resolves. Committing a file that already exists with this size resolves.
+   */
+  commit(size: number): Promise<void>;
+  /** Releases handles; the partial file stays for a later resume. */
+  close(): Promise<void>;
+}
+
+/**
+ * Where a store keeps its tenants' files. Implementations: FsStoreBackend (a
+ * directory; several store processes may share it) and, later, an
+ * S3-compatible one. Every method is safe to call from several processes at
+ * once; nothing is cached that another front-end could make stale, except
+ * usage figures (documented per implementation).
+ *
+ * - Names are validated by the caller (appliance/protocol) and again here.
+ * - A tenant's files are invisible to every other tenant: every method takes
+ *   the tenant, and no name can escape the tenant's space.
+ * - remove MUST NOT destroy bytes: it moves the file to the tenant's trash,
+ *   from which only purge (after the grace period) deletes.
+ */
+export interface StoreBackend {
+  readonly location: string;
+  /** Size of a complete file, or null. */
+  stat(tenant: string, type: ReplicatedType, name: string): Promise<number | null>;
+  /** Bytes stored of an upload in progress, or null when there is none. */
+  partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null>;
+  /** Opens (creating when needed) the upload of one file. */
+  openUpload(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<Upload>;
+  /** Reads a range of a complete file; HF_STORE_NOT_FOUND when missing. */
+  read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number): Promise<Buffer>;
+  /** Complete files of a type with names after `after`, in name order, at most limit. */
+  list(tenant: string, type: ReplicatedType, after: string | undefined, limit: number): Promise<{ files: StoredFile[]; more: boolean }>;
+  /** Moves a file to the trash; resolves with the deletion time, or null when it was missing. */
+  remove(tenant: string, type: ReplicatedType, name: string, now: Date): Promise<Date | null>;
+  /** Files in the trash of one tenant. */
+  trash(tenant: string): Promise<TrashEntry[]>;
+  /** Puts trashed files back (all, or those matching); resolves with how many. */
+  undelete(tenant: string, match?: (e: TrashEntry) => boolean): Promise<number>;
+  /** Deletes for good what was trashed before `before`, for every tenant; resolves with how many. */
+  purge(before: Date): Promise<number>;
+  usage(tenant: string): Promise<TenantUsage>;
+  /** Tenants that have any file. */
+  tenants(): Promise<string[]>;
+  close(): Promise<void>;
+}
