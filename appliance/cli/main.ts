@@ -13,6 +13,7 @@ import { type SourceCredentials, type SourceSpec, openSource, parseSourceArgs } 
 import { LocalStorage } from '../storage/index.ts';
 import { type GlobalOptions, cacheDir, openRepository, passphrase, readSecretFile, repoLocation } from './context.ts';
 import { Output, bytes, duration, modeString, printable, time } from './output.ts';
+import { openFromTarget, registerReplicationCommands } from './replication-commands.ts';
 
 /**
  * Exit status: 0 done; 1 failed (a coded error, or check found damage);
@@ -87,8 +88,8 @@ export async function main(argv: string[]): Promise<number> {
     };
 
   /** Opens the repository for the length of fn, closing it however fn ends. */
-  const withRepository = async <T>(g: GlobalOptions, fn: (repo: Repository) => Promise<T>): Promise<T> => {
-    const repo = await openRepository(g);
+  const withRepository = async <T>(g: GlobalOptions, fn: (repo: Repository) => Promise<T>, open?: () => Promise<Repository>): Promise<T> => {
+    const repo = await (open ?? (() => openRepository(g)))();
     try {
       return await fn(repo);
     } finally {
@@ -244,7 +245,9 @@ export async function main(argv: string[]): Promise<number> {
     .argument('<snapshot>', '"latest" or an id prefix')
     .requiredOption('--target <dir>', 'where to restore (snapshot paths are recreated under it)')
     .option('--include <path>', 'restore only this path of the snapshot (repeatable)', collect)
-    .action(action(async (g, ref: string, o: { target: string; include?: string[] }) => {
+    .option('--from-target <name>', 'read the snapshot from this replication target\'s store instead of the local repository')
+    .action(action(async (g, ref: string, o: { target: string; include?: string[]; fromTarget?: string }) => {
+      const open = o.fromTarget === undefined ? undefined : () => openFromTarget(g, o.fromTarget!);
       return withRepository(g, async (repo) => {
         const s = resolveSnapshot((await listSnapshots(repo)).snapshots, ref);
         let stats: { files: number; bytes: number } | null = null;
@@ -266,7 +269,7 @@ export async function main(argv: string[]): Promise<number> {
           `${st.failed ? `; ${st.failed} file(s) NOT restored` : ''}${r.warnings.length ? `; ${r.warnings.length} warning(s)` : ''}`);
         out.result({ snapshot: s.id, target: path.resolve(o.target), ...st, seconds: r.seconds, warnings: r.warnings.length, warningList: r.warnings.slice(0, 100) });
         return r.warnings.length > 0 ? EXIT.warnings : EXIT.ok;
-      });
+      }, open);
     }));
 
   program.command('check')
@@ -382,6 +385,8 @@ export async function main(argv: string[]): Promise<number> {
         out.result({ changed: true });
       });
     }));
+
+  registerReplicationCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
 
   try {
     await program.parseAsync(argv, { from: 'user' });
