@@ -55,7 +55,9 @@ export async function replicateTargets(storage: Storage, registry: TargetRegistr
       client = await targetClient(t, options.signal, (e) => options.onEvent?.(t.name, e));
       const bucket = targetBucket(t);
       const buckets = [bucket, global].filter((b): b is TokenBucket => b !== null);
-      const rates = () => Math.min(...[t.rate === null ? Infinity : parseRate(t.rate), options.globalRate ?? Infinity]);
+      const base = t.rate === null ? Infinity : parseRate(t.rate);
+      const windows = t.windows.flatMap((w) => parseWindows(w));
+      const rates = () => Math.min(rateAt(base, windows, new Date()), options.globalRate ?? Infinity);
       const result = await replicate(storage, client, {
         ...(buckets.length ? { limiter: new RateLimiter(buckets), frameCap: () => Math.floor(rates() / 4) || 4096 } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
