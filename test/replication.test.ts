@@ -299,3 +299,59 @@ t.test('restore --from-target reads straight from the store; a seed ships the fi
   await ok(['restore', '--repo', repo, '--from-target', 'seeded', 'latest', '--target', out]);
   t.same(compareTrees(src, path.join(out, src)), [], 'restore --from-target: identical to the source');
 });
+
+t.test('bad input gets a coded error and loses nothing: quota, wrong passphrase on clone, bad target flags, pki misuse', async (t) => {
+  const src = path.join(work, 'src4');
+  makeSource(src, 4, 'quota');
+  const repo = path.join(work, 'repo4');
+  await ok(['init', '--repo', repo]);
+  await ok(['backup', '--repo', repo, src]);
+  const s = await startStore(t, { dir: path.join(work, 'store-quota'), pki, quota: '1MiB' });
+  await ok(['target', 'add', '--repo', repo, 'small', '--endpoint', s.endpoint, ...tlsFlags]);
+  const r = await cli(['--json', 'replicate', '--repo', repo], env);
+  t.equal(r.code, 1, 'replicate fails');
+  t.equal(r.json.targets[0].error.code, 'HF_STORE_QUOTA_EXCEEDED', 'with HF_STORE_QUOTA_EXCEEDED');
+  t.match(r.json.targets[0].error.message, /quota/, 'the message says what to do about the quota');
+  const st = await ok(['target', 'status', '--repo', repo]);
+  t.equal(st.json.targets[0].lastError.code, 'HF_STORE_QUOTA_EXCEEDED', 'target status shows the last error');
+  t.ok(st.json.targets[0].pendingBytes > 0, 'and what is still pending');
+
+  // A wrong passphrase is found before anything is downloaded.
+  const full = await startStore(t, { dir: path.join(work, 'store-full'), pki });
+  await ok(['target', 'add', '--repo', repo, 'full', '--endpoint', full.endpoint, ...tlsFlags]);
+  await ok(['replicate', '--repo', repo, '--target', 'full']);
+  const clone = path.join(work, 'clone-wrong');
+  const wrong = await cli(['--json', 'clone', '--repo', clone, '--endpoint', full.endpoint, ...tlsFlags], { ...env, HOLDFAST_PASSWORD: 'wrong' });
+  t.equal(wrong.code, 1, 'clone with a wrong passphrase fails');
+  t.equal(wrong.json.error.code, 'HF_WRONG_PASSWORD', 'with HF_WRONG_PASSWORD');
+  t.notOk(fs.existsSync(clone), 'and creates nothing');
+  // An appliance whose tenant holds nothing is told so.
+  await issueAppliance('stranger');
+  const stranger = pki.cert('stranger');
+  const none = await cli(['--json', 'clone', '--repo', path.join(work, 'clone-none'), '--endpoint', full.endpoint, '--ca', pki.ca, '--cert', stranger.cert, '--key', stranger.key], env);
+  t.equal(none.code, 1, 'clone of an empty tenant fails');
+  t.equal(none.json.error.code, 'HF_STORE_TENANT_NOT_FOUND', `with HF_STORE_TENANT_NOT_FOUND (${none.json.error.message})`);
+
+  const bad = [
+    [['target', 'add', '--repo', repo, 'x', '--endpoint', 'nohostport', ...tlsFlags], /HOST:PORT/],
+    [['target', 'add', '--repo', repo, 'x', '--endpoint', s.endpoint, '--rate', '20 parsecs', ...tlsFlags], /rate/],
+    [['target', 'add', '--repo', repo, 'x', '--endpoint', s.endpoint, '--window', 'Funday 08:00-18:00=1MiB/s', ...tlsFlags], /./],
+    [['target', 'add', '--repo', repo, 'x', '--endpoint', s.endpoint, '--ca', pki.ca, '--cert', path.join(work, 'missing.crt'), '--key', acme.key], /HF_PKI_NOT_FOUND/],
+    [['target', 'add', '--repo', repo, 'full', '--endpoint', s.endpoint, ...tlsFlags], /HF_TARGET_EXISTS/],
+    [['replicate', '--repo', repo, '--target', 'nope'], /HF_TARGET_NOT_FOUND/],
+    [['pki', 'issue', '--dir', pki.dir, '--name', 'acme', '--kind', 'appliance'], /HF_PKI_EXISTS/],
+    [['pki', 'issue', '--dir', pki.dir, '--name', 'Bad Name', '--kind', 'appliance'], /HF_PKI_INVALID/],
+    [['pki', 'issue', '--dir', pki.dir, '--name', 'y', '--kind', 'toaster'], /appliance or store/],
+  ] as const;
+  for (const [args, why] of bad) {
+    const b = await cli([...args], env);
+    t.ok(b.code === 1 || b.code === 2, `holdfast ${args.slice(0, 2).join(' ')} … ${args.at(-1)}: refused (exit ${b.code})`);
+    t.match(b.stderr, why, `  and says why: ${b.stderr.trim().split('\n')[0]}`);
+  }
+  t.same((await ok(['target', 'list', '--repo', repo])).json.targets.map((x: { name: string }) => x.name), ['small', 'full'], 'no bad target was recorded');
+});
+
+async function issueAppliance(name: string): Promise<void> {
+  const r = await cli(['pki', 'issue', '--dir', pki.dir, '--name', name, '--kind', 'appliance'], env);
+  if (r.code !== 0) throw new Error(r.stderr);
+}

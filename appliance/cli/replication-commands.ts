@@ -322,8 +322,17 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
       const client = new TargetClient({ name: 'clone', endpoints: parseEndpoints(o.endpoint), tls, signal: ctx.signal });
       try {
         // Open the store's copy first: a wrong passphrase is found before anything is downloaded.
-        const remote = await Repository.open(new RemoteStorage(new TargetClient({ name: 'clone', endpoints: parseEndpoints(o.endpoint), tls }), 'store'), credentials(g));
-        await remote.close();
+        const remoteStorage = new RemoteStorage(new TargetClient({ name: 'clone', endpoints: parseEndpoints(o.endpoint), tls }), 'the store');
+        try {
+          if ((await remoteStorage.list('config')).length === 0) {
+            const w = (await client.connection()).welcome;
+            throw new HoldfastError('HF_STORE_TENANT_NOT_FOUND',
+              `store ${w.store} holds no repository for tenant ${w.tenant}; use the certificate of the appliance that replicated (its name is the tenant)`);
+          }
+          await Repository.open(remoteStorage, credentials(g));
+        } finally {
+          await remoteStorage.close();
+        }
         const dest = new LocalStorage(location);
         if (fs.existsSync(path.join(location, 'config'))) out().note(`${location} holds an earlier clone; resuming`);
         else await dest.initialize();
@@ -364,7 +373,12 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
 /** `restore --from-target NAME`: the repository as the target holds it. */
 export async function openFromTarget(g: GlobalOptions, name: string): Promise<Repository> {
   const t = await new TargetRegistry(repoLocation(g)).get(name);
-  const client = await targetClient(t);
-  return Repository.open(new RemoteStorage(client, `target ${name}`), credentials(g));
+  const storage = new RemoteStorage(await targetClient(t), `target ${name}`);
+  try {
+    return await Repository.open(storage, credentials(g));
+  } catch (err) {
+    await storage.close();
+    throw err;
+  }
 }
 

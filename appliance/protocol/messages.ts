@@ -173,7 +173,8 @@ export function parseRequest(payload: Buffer): Request {
       return { op, type, name: fileName(o, type, 'STAT') };
     }
     default:
-      throw new HoldfastError('HF_PROTO_UNSUPPORTED', `unknown operation ${JSON.stringify(String(op).slice(0, 40))}`);
+      // Not String(op): a JSON object such as {"toString": 1} cannot be converted and would throw a TypeError.
+      throw new HoldfastError('HF_PROTO_UNSUPPORTED', `unknown operation ${typeof op === 'string' ? JSON.stringify(op.slice(0, 40)) : `(a ${op === null ? 'null' : typeof op})`}`);
   }
 }
 

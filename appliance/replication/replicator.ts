@@ -183,7 +183,7 @@ export async function replicate(storage: Storage, client: TargetClient, options:
       progress('sending');
       await forEachLimit(send, options.concurrency ?? 4, async ({ file, offset }) => {
         if (conn.closed) throw new HoldfastError('HF_TARGET_UNREACHABLE', 'connection lost', {});
-        let r: { start: number; sent: number };
+        let r: { start: number; sent: number; existed: boolean };
         try {
           r = await conn.put(file, offset, async (pos, len) => {
             const buf = await storage.load(file.type, file.name, pos, len);
@@ -200,9 +200,13 @@ export async function replicate(storage: Storage, client: TargetClient, options:
           }
           throw err;
         }
-        resumed += r.start;
-        bytes += file.size;
-        sentFiles++;
+        if (r.existed) {
+          present++;
+        } else {
+          resumed += r.start;
+          bytes += file.size;
+          sentFiles++;
+        }
         done.add(fileKey(file));
       });
     });

@@ -365,13 +365,14 @@ export class StoreConnection {
    * Uploads a file from `offset` (or wherever the store's partial file ends,
    * if earlier). read(position, length) supplies the bytes. Resolves when
    * the store has acknowledged the file as durable, with the offset the
-   * upload started at and the payload bytes sent.
+   * upload started at and the payload bytes sent (existed: the store already
+   * held the file, and nothing was sent).
    */
   async put(file: PutFile, offset: number, read: (position: number, length: number) => Promise<Buffer>,
-    limiter?: Limiter, signal?: AbortSignal, frameCap?: number): Promise<{ start: number; sent: number }> {
+    limiter?: Limiter, signal?: AbortSignal, frameCap?: number): Promise<{ start: number; sent: number; existed: boolean }> {
     const { id, inbox } = this.#open({ op: 'PUT', type: file.type, name: file.name, size: file.size, digest: file.digest, offset });
     const first = await this.#response(inbox);
-    if (first.frame.flags & FLAG_END) return { start: file.size, sent: 0 };
+    if (first.frame.flags & FLAG_END) return { start: 0, sent: 0, existed: true };
     const start = first.body.offset;
     const window = first.body.window;
     if (typeof start !== 'number' || !Number.isSafeInteger(start) || start < 0 || start > file.size || typeof window !== 'number' || window < 1) {
@@ -410,7 +411,7 @@ export class StoreConnection {
     }
     const done = await this.#response(inbox);
     if (!(done.frame.flags & FLAG_END)) throw new HoldfastError('HF_PROTO_MALFORMED', `${endpointText(this.endpoint)}: PUT not ended`);
-    return { start, sent };
+    return { start, sent, existed: false };
   }
 
   /** Reads a file (or a range) as a stream of pieces, granting window as they are consumed. */

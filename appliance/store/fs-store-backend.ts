@@ -251,6 +251,15 @@ export class FsStoreBackend implements StoreBackend {
         await fsp.unlink(e.file).catch(() => undefined);
         n++;
       }
+      // Uploads abandoned for longer than the grace period (a pack pruned before it was resumed).
+      const partialDir = path.join(this.#tenantDir(tenant), 'partial');
+      for (const name of await fsp.readdir(partialDir).catch(() => [] as string[])) {
+        const st = await fsp.stat(path.join(partialDir, name)).catch(() => null);
+        if (st && st.mtimeMs < before.getTime()) {
+          await fsp.unlink(path.join(partialDir, name)).catch(() => undefined);
+          n++;
+        }
+      }
       this.#usage.delete(tenant);
     }
     return n;

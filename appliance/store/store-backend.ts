@@ -75,7 +75,7 @@ export interface StoreBackend {
   trash(tenant: string): Promise<TrashEntry[]>;
   /** Puts trashed files back (all, or those matching); resolves with how many. */
   undelete(tenant: string, match?: (e: TrashEntry) => boolean): Promise<number>;
-  /** Deletes for good what was trashed before `before`, for every tenant; resolves with how many. */
+  /** Deletes for good what was trashed, and partial uploads last written, before `before`, for every tenant; resolves with how many. */
   purge(before: Date): Promise<number>;
   usage(tenant: string): Promise<TenantUsage>;
   /** Tenants that have any file. */

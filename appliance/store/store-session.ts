@@ -55,6 +55,12 @@ const RETRYABLE = new Set(['HF_DISK_FULL', 'HF_IO', 'HF_STORE_BAD_OFFSET', 'HF_S
 /** Stop reading a connection while this many received bytes wait for the disk. */
 const PAUSE_AT = 16 << 20;
 const RESUME_AT = 8 << 20;
+/**
+ * Stop reading a connection while this many answer bytes wait to be sent: a
+ * client that sends requests (or PINGs) and never reads the answers must not
+ * make the store buffer without bound.
+ */
+const OUT_PAUSE_AT = 4 << 20;
 
 function toWire(err: unknown): WireError {
   const code = errorCode(err);
@@ -82,6 +88,7 @@ export class StoreSession {
   #closed = false;
   #queued = 0;
   #paused = false;
+  #outPaused = false;
   #maxFrame = MAX_PAYLOAD;
   readonly #helloTimer: NodeJS.Timeout;
 
@@ -142,6 +149,14 @@ export class StoreSession {
     let ok = true;
     for (const p of parts) ok = this.#socket.write(p) && ok;
     this.#socket.uncork();
+    if (!this.#outPaused && this.#socket.writableLength > OUT_PAUSE_AT) {
+      this.#outPaused = true;
+      this.#socket.pause();
+      this.#socket.once('drain', () => {
+        this.#outPaused = false;
+        if (!this.#paused) this.#socket.resume();
+      });
+    }
     return ok;
   }
 
@@ -391,7 +406,7 @@ export class StoreSession {
     this.#queued -= len;
     if (this.#paused && this.#queued < RESUME_AT) {
       this.#paused = false;
-      this.#socket.resume();
+      if (!this.#outPaused) this.#socket.resume();
     }
   }
 
