@@ -355,3 +355,24 @@ async function issueAppliance(name: string): Promise<void> {
   const r = await cli(['pki', 'issue', '--dir', pki.dir, '--name', name, '--kind', 'appliance'], env);
   if (r.code !== 0) throw new Error(r.stderr);
 }
+
+t.test('spread: clients start at a random endpoint of the store, so front-ends share the load', async (t) => {
+  const { TargetClient } = await import('../appliance/replication/index.ts');
+  const dir = path.join(work, 'store-spread');
+  const f1 = await startStore(t, { dir, pki });
+  const f2 = await startStore(t, { dir, pki });
+  const tls = { ca: fs.readFileSync(pki.ca), cert: fs.readFileSync(acme.cert), key: fs.readFileSync(acme.key) };
+  const endpoints = [{ host: '127.0.0.1', port: f1.port }, { host: '127.0.0.1', port: f2.port }];
+  const used = new Map<string, number>();
+  for (let i = 0; i < 24; i++) {
+    const c = new TargetClient({ name: 'spread', endpoints, tls, spread: true });
+    const conn = await c.connection();
+    used.set(`${conn.endpoint.port}`, (used.get(`${conn.endpoint.port}`) ?? 0) + 1);
+    c.close();
+  }
+  t.comment(`24 clients: ${[...used].map(([p, n]) => `${p}: ${n}`).join(', ')}`);
+  t.equal(used.size, 2, 'both front-ends served clients (a fixed order would use only the first: chance of a false failure 2^-23)');
+  const ordered = new TargetClient({ name: 'ordered', endpoints, tls });
+  t.equal((await ordered.connection()).endpoint.port, f1.port, 'without spread, the first endpoint is used');
+  ordered.close();
+});
