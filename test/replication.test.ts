@@ -376,3 +376,34 @@ t.test('spread: clients start at a random endpoint of the store, so front-ends s
   t.equal((await ordered.connection()).endpoint.port, f1.port, 'without spread, the first endpoint is used');
   ordered.close();
 });
+
+t.test('a time window sets a target\'s rate, and --global-rate caps all targets together', async (t) => {
+  const src = path.join(work, 'src5');
+  makeSource(src, 12, 'window');
+  const repo = path.join(work, 'repo5');
+  await ok(['init', '--repo', repo]);
+  await ok(['backup', '--repo', repo, src]);
+  const data = totalBytes(repoFiles(repo));
+  const sa = await startStore(t, { dir: path.join(work, 'store-wa'), pki });
+  const sb = await startStore(t, { dir: path.join(work, 'store-wb'), pki });
+  const pa = new CountingProxy(sa.port);
+  const pb = new CountingProxy(sb.port);
+  await pa.listen();
+  await pb.listen();
+  t.teardown(() => Promise.all([pa.close(), pb.close()]));
+  // A window that matches every day and hour: the target's rate is the window's.
+  await ok(['target', 'add', '--repo', repo, 'windowed', '--endpoint', `127.0.0.1:${pa.port}`, '--window', '00:00-24:00=3MiB/s', ...tlsFlags]);
+  await ok(['target', 'add', '--repo', repo, 'open', '--endpoint', `127.0.0.1:${pb.port}`, ...tlsFlags]);
+  const started = performance.now();
+  await ok(['replicate', '--repo', repo, '--global-rate', '5MiB/s']);
+  const first = Math.min(pa.firstByteAt, pb.firstByteAt);
+  const last = Math.max(pa.lastByteAt, pb.lastByteAt);
+  const both = (pa.toServer + pb.toServer) / ((last - first) / 1000);
+  const windowed = pa.toServer / ((pa.lastByteAt - pa.firstByteAt) / 1000);
+  t.comment(`data ${(data / MiB).toFixed(1)} MiB per target; both together ${(both / MiB).toFixed(2)} MiB/s; windowed target ${(windowed / MiB).toFixed(2)} MiB/s; ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  t.ok(both <= 5 * MiB * 1.05, 'both targets together stay within the global 5 MiB/s');
+  t.ok(both >= 5 * MiB * 0.75, 'and use most of it');
+  t.ok(windowed <= 3 * MiB * 1.05, 'the windowed target stays within its window\'s 3 MiB/s');
+  sameFiles(t, sa.dir, repo, 'windowed store');
+  sameFiles(t, sb.dir, repo, 'open store');
+});
