@@ -1,4 +1,4 @@
-// `npm run bench [-- chunker|tree|versions|sources]`: Holdfast's benchmarks
+// `npm run bench [-- chunker|tree|versions|sources|replication]`: Holdfast's benchmarks
 // (see README.md here). No subcommand runs them all. Exit status 0 when every
 // measurement ran (targets missed included); non-zero when a tool failed or a
 // restore did not verify.
@@ -9,11 +9,12 @@ import { type ChunkerResult, benchChunker } from './chunker.ts';
 import { emit, heading, humanOnStderr, note, say } from './report.ts';
 import { BenchError, GNU_TIME, capture } from './run.ts';
 import { toolVersions } from './tools.ts';
+import { type ReplicationSummary, benchReplication } from './replication.ts';
 import { type SourcesSummary, benchSources } from './sources.ts';
 import { type TreeSummary, benchTree } from './tree.ts';
 import { type VersionsSummary, benchVersions } from './versions.ts';
 
-const SUBCOMMANDS = ['chunker', 'tree', 'versions', 'sources'] as const;
+const SUBCOMMANDS = ['chunker', 'tree', 'versions', 'sources', 'replication'] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 function parseArgs(argv: string[]): Subcommand[] {
@@ -63,6 +64,7 @@ async function main(argv: string[]): Promise<void> {
   let tree: TreeSummary | undefined;
   let versions: VersionsSummary | undefined;
   let sources: SourcesSummary | undefined;
+  let replication: ReplicationSummary | undefined;
   if (which.includes('chunker')) {
     if (!chunkerOnly) heading('chunker: native FastCDC, one thread, 1 GiB of random bytes');
     chunker = await benchChunker();
@@ -70,6 +72,7 @@ async function main(argv: string[]): Promise<void> {
   if (which.includes('tree')) tree = benchTree(work);
   if (which.includes('versions')) versions = benchVersions(work);
   if (which.includes('sources')) sources = await benchSources(work);
+  if (which.includes('replication')) replication = await benchReplication(work);
   if (chunkerOnly) return;
 
   const pass: Record<string, boolean> = {};
@@ -77,6 +80,7 @@ async function main(argv: string[]): Promise<void> {
   for (const [k, v] of Object.entries(tree?.pass ?? {})) pass[`tree_${k}`] = v;
   if (versions) pass.versions_repo_size = versions.pass.repo_size;
   for (const [k, v] of Object.entries(sources?.pass ?? {})) pass[`sources_${k}`] = v;
+  for (const [k, v] of Object.entries(replication?.pass ?? {})) pass[`replication_${k}`] = v;
   const seconds = Math.round((performance.now() - started) / 1000);
   heading('summary');
   for (const [k, v] of Object.entries(pass)) say(`${v ? 'PASS' : 'FAIL'}  ${k}`);
@@ -86,6 +90,7 @@ async function main(argv: string[]): Promise<void> {
     ...(chunker ? { chunker: { gbps: chunker.gbps, sha256_gbps: chunker.sha256_gbps, ratio: chunker.ratio } } : {}),
     ...(tree ? { tree: { files: tree.files, bytes: tree.bytes, vs_restic: tree.vs_restic, vs_borg: tree.vs_borg } } : {}),
     ...(sources ? { sources: { files: sources.files, bytes: sources.bytes, ratios: sources.ratios } } : {}),
+    ...(replication ? { replication: { bytes: replication.bytes, holdfast_mbps: replication.holdfast_mbps, rsync_mbps: replication.rsync_mbps, vs_rsync: replication.vs_rsync, conn_per_second: replication.conn_per_second, idle: replication.idle } } : {}),
     ...(versions ? { versions: { repo_bytes: versions.repo_bytes, seconds: versions.seconds, size_vs_restic: versions.size_vs_restic, size_vs_borg: versions.size_vs_borg } } : {}),
     pass,
     all_pass: Object.values(pass).every(Boolean),
