@@ -4,7 +4,7 @@ import t from 'tap';
 
 import { HoldfastError } from '../appliance/errors/index.ts';
 import {
-  FLAG_END, type Frame, FrameDecoder, FrameType, HEADER_SIZE, MAX_GET_WINDOW, MAX_HAVE, MAX_LIST, MAX_PAYLOAD, REPLICATED_TYPES,
+  FLAG_END, Frame, FrameDecoder, FrameType, HEADER_SIZE, MAX_GET_WINDOW, MAX_HAVE, MAX_LIST, MAX_PAYLOAD, REPLICATED_TYPES,
   type Request, contentAddressed, encodeFrame, encodeJson, frameHeader, parseHello, parseRequest, parseWireError,
 } from '../appliance/protocol/index.ts';
 import { validName } from '../appliance/storage/index.ts';
@@ -214,7 +214,8 @@ function randomFrames(n: number, maxPayload: number): { frames: Frame[]; bytes: 
   const parts: Buffer[] = [];
   for (let i = 0; i < n; i++) {
     const len = rnd() < 0.1 ? 0 : rnd() < 0.05 ? int(maxPayload + 1) : int(300);
-    const f: Frame = { type: int(256), flags: int(256), stream: int(2 ** 32), payload: randomBytesBuf(len) };
+    const payload = randomBytesBuf(len);
+    const f = new Frame(int(256), int(256), int(2 ** 32), [payload], len);
     frames.push(f);
     parts.push(frameHeader(f.type as FrameType, f.flags, f.stream, len), f.payload);
   }

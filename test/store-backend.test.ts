@@ -21,7 +21,7 @@ async function newBackend(t: Test): Promise<{ backend: FsStoreBackend; dir: stri
 /** Stores a whole file in one upload; resolves with its name (the digest for content-addressed types). */
 async function store(b: FsStoreBackend, tenant: string, type: ReplicatedType, bytes: Buffer, name = sha(bytes)): Promise<string> {
   const u = await b.openUpload(tenant, type, name, sha(bytes));
-  await u.write(bytes, 0);
+  await u.write([bytes], 0);
   await u.commit(bytes.length);
   await u.close();
   return name;
@@ -43,7 +43,7 @@ t.test('an upload at offsets, closed and resumed, commits with the right digest 
   const u1 = await b.openUpload('acme', 'pack', name, name);
   t.equal(u1.stored, 0, 'a new upload starts empty');
   // out of order and overlapping, as concurrent DATA frames may be written
-  await Promise.all([u1.write(data.subarray(50_000, 100_000), 50_000), u1.write(data.subarray(0, 60_000), 0)]);
+  await Promise.all([u1.write([data.subarray(50_000, 100_000)], 50_000), u1.write([data.subarray(0, 60_000)], 0)]);
   await u1.close();
   t.equal(await b.partial('acme', 'pack', name, name), 100_000, 'the partial file outlives the upload: 100,000 bytes');
   t.equal(await b.partial('acme', 'pack', name, sha(Buffer.from('other'))), null, 'an upload under another digest is another file');
@@ -53,11 +53,11 @@ t.test('an upload at offsets, closed and resumed, commits with the right digest 
 
   const u2 = await b.openUpload('acme', 'pack', name, name);
   t.equal(u2.stored, 100_000, 'resumed: stored = the bytes so far');
-  await u2.write(data.subarray(100_000, 200_000), 100_000);
+  await u2.write([data.subarray(100_000, 200_000)], 100_000);
   await u2.close();
   const u3 = await b.openUpload('acme', 'pack', name, name);
   t.equal(u3.stored, 200_000, 'and again after another connection');
-  await u3.write(data.subarray(200_000), 200_000);
+  await u3.write([data.subarray(200_000)], 200_000);
   await u3.commit(data.length);
   await u3.close();
 
@@ -87,7 +87,7 @@ t.test('a wrong digest is HF_STORE_DIGEST_MISMATCH and discards the partial file
   const u = await b.openUpload('acme', 'pack', name, name);
   const bad = Buffer.from(data);
   bad[5000] = bad[5000]! ^ 1;
-  await u.write(bad, 0);
+  await u.write([bad], 0);
   await t.rejects(u.commit(data.length), { code: 'HF_STORE_DIGEST_MISMATCH' }, 'one flipped bit: digest mismatch');
   await u.close();
   t.equal(await b.partial('acme', 'pack', name, name), null, 'the partial file is gone (the next PUT starts at 0)');
@@ -96,12 +96,12 @@ t.test('a wrong digest is HF_STORE_DIGEST_MISMATCH and discards the partial file
 
   const short = await b.openUpload('acme', 'pack', name, name);
   t.equal(short.stored, 0, 'a new upload starts at 0');
-  await short.write(data.subarray(0, 9_000), 0);
+  await short.write([data.subarray(0, 9_000)], 0);
   await t.rejects(short.commit(data.length), { code: 'HF_STORE_BAD_OFFSET' }, '9,000 of 10,000 bytes: HF_STORE_BAD_OFFSET');
   await short.close();
   t.equal(await b.partial('acme', 'pack', name, name), 9_000, 'a short upload is kept for resume');
   const more = await b.openUpload('acme', 'pack', name, name);
-  await more.write(data.subarray(9_000), 9_000);
+  await more.write([data.subarray(9_000)], 9_000);
   await t.rejects(more.commit(data.length - 1), { code: 'HF_STORE_BAD_OFFSET' }, 'committing fewer bytes than stored: HF_STORE_BAD_OFFSET');
   await more.close();
   const last = await b.openUpload('acme', 'pack', name, name);
@@ -112,7 +112,7 @@ t.test('a wrong digest is HF_STORE_DIGEST_MISMATCH and discards the partial file
 
   const cfg = Buffer.from('config bytes');
   const cu = await b.openUpload('acme', 'config', 'config', sha(Buffer.from('something else')));
-  await cu.write(cfg, 0);
+  await cu.write([cfg], 0);
   await t.rejects(cu.commit(cfg.length), { code: 'HF_STORE_DIGEST_MISMATCH' }, 'a config under a digest it does not have');
   await cu.close();
   t.equal(await b.stat('acme', 'config', 'config'), null);
@@ -155,7 +155,7 @@ t.test('remove moves to the trash; undelete puts back; purge deletes only older 
   await b.remove('acme', 'pack', na, old);
   const pending = randomBytes(500);
   const up = await b.openUpload('acme', 'pack', sha(pending), sha(pending));
-  await up.write(pending.subarray(0, 200), 0);
+  await up.write([pending.subarray(0, 200)], 0);
   await up.close();
   t.equal(await b.purge(new Date(Date.now() - 60_000)), 1, 'purge(before a minute ago) deletes only the hour-old pack');
   t.equal(await b.partial('acme', 'pack', sha(pending), sha(pending)), 200, 'an upload in progress is kept');
@@ -260,8 +260,8 @@ t.test('two uploads of the same file interleaved (two front-ends) both commit co
   // the first front-end sends the even pieces then stalls; the second (a resumed client) sends everything, overlapping
   const writes: Promise<void>[] = [];
   for (let off = 0, i = 0; off < data.length; off += piece, i++) {
-    if (i % 2 === 0) writes.push(u1.write(data.subarray(off, off + piece), off));
-    writes.push(u2.write(data.subarray(off, off + piece), off));
+    if (i % 2 === 0) writes.push(u1.write([data.subarray(off, off + piece)], off));
+    writes.push(u2.write([data.subarray(off, off + piece)], off));
   }
   await Promise.all(writes);
   // both commit at once
@@ -281,12 +281,12 @@ t.test('two uploads of the same file interleaved (two front-ends) both commit co
   const on = sha(other);
   const s1 = await b.openUpload('acme', 'pack', on, on);
   const s2 = await b2.openUpload('acme', 'pack', on, on);
-  await s1.write(other.subarray(0, 150_000), 0);
-  await s2.write(other.subarray(100_000), 100_000);
+  await s1.write([other.subarray(0, 150_000)], 0);
+  await s2.write([other.subarray(100_000)], 100_000);
   await s2.commit(other.length);
   await s2.close();
   t.same(await b.read('acme', 'pack', on, 0, other.length), other, 'committed by the second front-end');
-  await s1.write(other.subarray(150_000), 150_000); // the same bytes, late
+  await s1.write([other.subarray(150_000)], 150_000); // the same bytes, late
   await s1.commit(other.length);
   await s1.close();
   t.same(await b2.read('acme', 'pack', on, 0, other.length), other, 'the late, stale upload commits too and leaves the file intact');

@@ -35,7 +35,7 @@ async function connect(t: Test, s: StoreProcess, c: ClientTls): Promise<StoreCon
   return conn;
 }
 
-const reader = (data: Buffer) => async (pos: number, len: number) => data.subarray(pos, pos + len);
+const reader = (data: Buffer) => async (pos: number, into: Buffer) => { data.copy(into, 0, pos, pos + into.length); };
 
 async function putPack(conn: StoreConnection, data: Buffer): Promise<string> {
   const name = sha(data);

@@ -23,11 +23,61 @@ export const MAX_PAYLOAD = 1 << 20;
 export const ALPN = 'holdfast/1';
 export const PROTOCOL_VERSION = 1;
 
-export interface Frame {
-  type: number;
-  flags: number;
-  stream: number;
-  payload: Buffer;
+/**
+ * A decoded frame. The payload arrives as the socket's own pieces (`parts`,
+ * no copy); `payload` joins them on first use. DATA frames are written and
+ * hashed from `parts`, so a 1 MiB frame is never copied on the way to disk.
+ */
+export class Frame {
+  readonly type: number;
+  readonly flags: number;
+  readonly stream: number;
+  readonly length: number;
+  readonly parts: Buffer[];
+  #joined: Buffer | null = null;
+
+  constructor(type: number, flags: number, stream: number, parts: Buffer[], length: number) {
+    this.type = type;
+    this.flags = flags;
+    this.stream = stream;
+    this.parts = parts;
+    this.length = length;
+  }
+
+  get payload(): Buffer {
+    this.#joined ??= this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.length);
+    return this.#joined;
+  }
+}
+
+/** Reusable frame buffers (header space + payload), so a sender does not allocate one per frame. */
+export class FramePool {
+  readonly size: number;
+  readonly #free: Buffer[] = [];
+  readonly #max: number;
+  #made = 0;
+  readonly #waiters: ((b: Buffer) => void)[] = [];
+
+  constructor(payloadSize: number, max: number) {
+    this.size = HEADER_SIZE + payloadSize;
+    this.#max = max;
+  }
+
+  acquire(): Promise<Buffer> {
+    const b = this.#free.pop();
+    if (b) return Promise.resolve(b);
+    if (this.#made < this.#max) {
+      this.#made++;
+      return Promise.resolve(Buffer.allocUnsafeSlow(this.size));
+    }
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  release(b: Buffer): void {
+    const w = this.#waiters.shift();
+    if (w) w(b);
+    else this.#free.push(b);
+  }
 }
 
 /** The 10-byte header of a frame (the payload is written after it, unchanged). */
@@ -58,6 +108,7 @@ export class FrameDecoder {
   readonly #max: number;
   #chunks: Buffer[] = [];
   #buffered = 0;
+  readonly #head = Buffer.alloc(HEADER_SIZE);
 
   constructor(maxPayload = MAX_PAYLOAD) {
     this.#max = maxPayload;
@@ -69,43 +120,55 @@ export class FrameDecoder {
   }
 
   push(chunk: Buffer): Frame[] {
-    this.#chunks.push(chunk);
-    this.#buffered += chunk.length;
+    if (chunk.length > 0) {
+      this.#chunks.push(chunk);
+      this.#buffered += chunk.length;
+    }
     const frames: Frame[] = [];
-    for (;;) {
-      if (this.#buffered < HEADER_SIZE) break;
-      const head = this.#peek(HEADER_SIZE);
+    while (this.#buffered >= HEADER_SIZE) {
+      const head = this.#peekHeader();
       const length = head.readUInt32BE(0);
       if (length > this.#max) {
         throw new HoldfastError('HF_PROTO_FRAME_TOO_LARGE', `a frame of ${length} bytes exceeds the maximum of ${this.#max}`);
       }
       if (this.#buffered < HEADER_SIZE + length) break;
-      const all = this.#take(HEADER_SIZE + length);
-      frames.push({ type: all[4]!, flags: all[5]!, stream: all.readUInt32BE(6), payload: all.subarray(HEADER_SIZE) });
+      const type = head[4]!;
+      const flags = head[5]!;
+      const stream = head.readUInt32BE(6);
+      this.#take(HEADER_SIZE);
+      frames.push(new Frame(type, flags, stream, this.#take(length), length));
     }
     return frames;
   }
 
-  #peek(n: number): Buffer {
+  /** The next 10 bytes, copied out when they span pieces (never a join of whole pieces). */
+  #peekHeader(): Buffer {
     const first = this.#chunks[0]!;
-    if (first.length >= n) return first;
-    const merged = Buffer.concat(this.#chunks);
-    this.#chunks = [merged];
-    return merged;
+    if (first.length >= HEADER_SIZE) return first;
+    let got = 0;
+    for (const c of this.#chunks) {
+      got += c.copy(this.#head, got, 0, Math.min(c.length, HEADER_SIZE - got));
+      if (got === HEADER_SIZE) break;
+    }
+    return this.#head;
   }
 
-  #take(n: number): Buffer {
-    let first = this.#chunks[0]!;
-    if (first.length < n) {
-      first = Buffer.concat(this.#chunks);
-      this.#chunks = [first];
-    }
+  /** Removes n bytes from the front, as slices of the received pieces. */
+  #take(n: number): Buffer[] {
+    const parts: Buffer[] = [];
     this.#buffered -= n;
-    if (first.length === n) {
-      this.#chunks.shift();
-      return first;
+    while (n > 0) {
+      const c = this.#chunks[0]!;
+      if (c.length <= n) {
+        parts.push(c);
+        this.#chunks.shift();
+        n -= c.length;
+      } else {
+        parts.push(c.subarray(0, n));
+        this.#chunks[0] = c.subarray(n);
+        n = 0;
+      }
     }
-    this.#chunks[0] = first.subarray(n);
-    return first.subarray(0, n);
+    return parts;
   }
 }

@@ -55,11 +55,10 @@ export async function cloneRepository(client: TargetClient, dest: LocalStorage,
           const hasher = new Hasher();
           let got = 0;
           try {
-            for await (const piece of c.get(type, f.name)) {
-              // the piece is ours (a fresh frame); hash and write it in turn
-              await hasher.update([piece]);
-              await w.write([piece]);
-              got += piece.length;
+            for await (const parts of c.get(type, f.name)) {
+              // one DATA frame, as the socket's pieces: hashed and written in turn, never joined
+              await Promise.all([hasher.update(parts), w.write(parts)]);
+              for (const p of parts) got += p.length;
             }
             if (got !== f.size) throw new HoldfastError('HF_IO', `${type} ${f.name}: got ${got} bytes of ${f.size}`);
             const digest = hasher.digest().toString('hex');

@@ -185,11 +185,10 @@ export async function replicate(storage: Storage, client: TargetClient, options:
         if (conn.closed) throw new HoldfastError('HF_TARGET_UNREACHABLE', 'connection lost', {});
         let r: { start: number; sent: number; existed: boolean };
         try {
-          r = await conn.put(file, offset, async (pos, len) => {
-            const buf = await storage.load(file.type, file.name, pos, len);
-            progressBytes += len;
+          r = await conn.put(file, offset, async (pos, into) => {
+            await storage.load(file.type, file.name, pos, into.length, into);
+            progressBytes += into.length;
             progress('sending');
-            return buf;
           }, options.limiter, signal, options.frameCap?.());
         } catch (err) {
           if (errorCode(err) === 'HF_STORAGE_NOT_FOUND') {

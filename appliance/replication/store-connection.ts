@@ -4,7 +4,7 @@ import tls from 'node:tls';
 
 import { ErrorCodes, type ErrorCode, HoldfastError, errorCode } from '../errors/index.ts';
 import {
-  ALPN, FLAG_END, type Frame, FrameDecoder, FrameType, MAX_GET_WINDOW, MAX_PAYLOAD, PROTOCOL_VERSION, type ReplicatedType,
+  ALPN, FLAG_END, type Frame, FrameDecoder, FramePool, FrameType, HEADER_SIZE, frameHeader, MAX_GET_WINDOW, MAX_PAYLOAD, PROTOCOL_VERSION, type ReplicatedType,
   type Welcome, encodeFrame, encodeJson, parseJson, parseWireError,
 } from '../protocol/index.ts';
 
@@ -119,6 +119,7 @@ export class StoreConnection {
   readonly #pings = new Map<string, () => void>();
   /** Payload bytes of DATA frames written. */
   dataSent = 0;
+  #pool: FramePool | null = null;
 
   private constructor(endpoint: Endpoint, socket: tls.TLSSocket, decoder: FrameDecoder, welcome: Welcome, leftover: Frame[]) {
     this.endpoint = endpoint;
@@ -353,6 +354,7 @@ export class StoreConnection {
   async ping(): Promise<number> {
     const started = performance.now();
     const payload = randomBytes(8);
+    if (this.#dead) throw this.#dead;
     await new Promise<void>((resolve) => {
       this.#pings.set(payload.toString('hex'), resolve);
       this.#send(encodeFrame(FrameType.PING, 0, 0, payload));
@@ -368,7 +370,7 @@ export class StoreConnection {
    * upload started at and the payload bytes sent (existed: the store already
    * held the file, and nothing was sent).
    */
-  async put(file: PutFile, offset: number, read: (position: number, length: number) => Promise<Buffer>,
+  async put(file: PutFile, offset: number, read: (position: number, into: Buffer) => Promise<void>,
     limiter?: Limiter, signal?: AbortSignal, frameCap?: number): Promise<{ start: number; sent: number; existed: boolean }> {
     const { id, inbox } = this.#open({ op: 'PUT', type: file.type, name: file.name, size: file.size, digest: file.digest, offset });
     const first = await this.#response(inbox);
@@ -380,29 +382,53 @@ export class StoreConnection {
     }
     inbox.grant(window);
     const frameSize = Math.max(4096, Math.min(this.welcome.maxFrame, MAX_PAYLOAD, frameCap ?? Infinity));
+    // Frames are read from the file straight after their header, in a few reused buffers:
+    // one allocation per upload, not per MiB, and one write per frame.
+    this.#pool ??= new FramePool(MAX_PAYLOAD, 12);
+    const pool = this.#pool;
+    const fill = async (at: number): Promise<{ frame: Buffer; n: number }> => {
+      const n = Math.min(frameSize, file.size - at);
+      const frame = await pool.acquire();
+      try {
+        if (n > 0) await read(at, frame.subarray(HEADER_SIZE, HEADER_SIZE + n));
+      } catch (err) {
+        pool.release(frame);
+        throw err;
+      }
+      return { frame, n };
+    };
     let pos = start;
     let sent = 0;
+    let next: Promise<{ frame: Buffer; n: number }> | null = fill(pos);
     try {
-      let next: Promise<Buffer> | null = pos < file.size ? read(pos, Math.min(frameSize, file.size - pos)) : null;
       do {
         signal?.throwIfAborted();
-        const n = Math.min(frameSize, file.size - pos);
-        await inbox.waitWindow(n);
-        if (limiter) await limiter.take(n, signal);
-        const buf = next ? await next : Buffer.alloc(0);
-        if (buf.length !== n) throw new HoldfastError('HF_IO', `${file.type} ${file.name}: read ${buf.length} bytes, wanted ${n}`);
+        const { frame, n } = await next!;
+        next = null;
+        try {
+          await inbox.waitWindow(n);
+          if (limiter) await limiter.take(n, signal);
+        } catch (err) {
+          pool.release(frame);
+          throw err;
+        }
         const after = pos + n;
-        next = after < file.size ? read(after, Math.min(frameSize, file.size - after)) : null;
-        inbox.window -= n;
         const last = after === file.size;
-        this.#send(encodeFrame(FrameType.DATA, last ? FLAG_END : 0, id, buf));
+        if (!last) next = fill(after);
+        inbox.window -= n;
+        frameHeader(FrameType.DATA, last ? FLAG_END : 0, id, n).copy(frame, 0);
+        if (this.#dead) {
+          pool.release(frame);
+          throw this.#dead;
+        }
+        this.#socket.write(frame.subarray(0, HEADER_SIZE + n), () => pool.release(frame));
         this.dataSent += n;
         sent += n;
         pos = after;
         await this.#drain();
       } while (pos < file.size);
-      next?.catch(() => undefined);
     } catch (err) {
+      void next?.then((x) => pool.release(x.frame), () => undefined);
       if (!this.#dead && this.#inboxes.has(id)) {
         this.#inboxes.delete(id);
         this.#send(encodeFrame(FrameType.CANCEL, 0, id));
@@ -414,8 +440,8 @@ export class StoreConnection {
     return { start, sent, existed: false };
   }
 
-  /** Reads a file (or a range) as a stream of pieces, granting window as they are consumed. */
-  async *get(type: ReplicatedType, name: string, offset?: number, length?: number): AsyncGenerator<Buffer> {
+  /** Reads a file (or a range): yields each DATA frame's pieces (as received, not joined), granting window as they are consumed. */
+  async *get(type: ReplicatedType, name: string, offset?: number, length?: number): AsyncGenerator<Buffer[]> {
     const body: Record<string, unknown> = { op: 'GET', type, name, window: MAX_GET_WINDOW };
     if (offset !== undefined) body.offset = offset;
     if (length !== undefined) body.length = length;
@@ -429,17 +455,17 @@ export class StoreConnection {
       for (;;) {
         const f = await inbox.next();
         if (f.type !== FrameType.DATA) throw new HoldfastError('HF_PROTO_MALFORMED', 'expected DATA');
-        got += f.payload.length;
+        got += f.length;
         if (got > want) throw new HoldfastError('HF_PROTO_MALFORMED', `the store sent more than the ${want} bytes asked for`);
         const end = (f.flags & FLAG_END) !== 0;
         if (end && got !== want) throw new HoldfastError('HF_PROTO_MALFORMED', `the store sent ${got} of ${want} bytes`);
-        if (f.payload.length > 0) yield f.payload;
+        if (f.length > 0) yield f.parts;
         if (end) {
           finished = true;
           return;
         }
         const inc = Buffer.allocUnsafe(4);
-        inc.writeUInt32BE(f.payload.length, 0);
+        inc.writeUInt32BE(f.length, 0);
         this.#send(encodeFrame(FrameType.WINDOW, 0, id, inc));
       }
     } finally {
@@ -453,7 +479,7 @@ export class StoreConnection {
   /** A whole file or range in one buffer. */
   async getBuffer(type: ReplicatedType, name: string, offset?: number, length?: number): Promise<Buffer> {
     const parts: Buffer[] = [];
-    for await (const p of this.get(type, name, offset, length)) parts.push(p);
+    for await (const p of this.get(type, name, offset, length)) parts.push(...p);
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 }

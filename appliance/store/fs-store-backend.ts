@@ -114,32 +114,50 @@ export class FsStoreBackend implements StoreBackend {
     };
     return {
       stored,
-      write: async (data, position) => {
+      write: async (parts, position) => {
         try {
-          let done = 0;
-          while (done < data.length) {
-            const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
-            done += bytesWritten;
+          let pending = parts.filter((p) => p.length > 0).map((p) => Buffer.from(p.buffer, p.byteOffset, p.length));
+          let at = position;
+          while (pending.length > 0) {
+            const { bytesWritten } = await fh.writev(pending, at);
+            at += bytesWritten;
+            let skip = bytesWritten;
+            while (skip > 0 && pending.length > 0) {
+              const first = pending[0]!;
+              if (first.length <= skip) { skip -= first.length; pending.shift(); } else { pending[0] = first.subarray(skip); skip = 0; }
+            }
           }
         } catch (err) {
           throw ioError(`cannot write the upload of ${what}`, err);
         }
       },
-      commit: async (size) => {
+      readStored: async (position, length) => {
+        const buf = Buffer.allocUnsafe(length);
+        for (let done = 0; done < length;) {
+          const { bytesRead } = await fh.read(buf, done, length - done, position + done);
+          if (bytesRead === 0) throw new HoldfastError('HF_IO', `${what}: the partial file ended at ${position + done}`);
+          done += bytesRead;
+        }
+        return buf;
+      },
+      commit: async (size, hashed) => {
         try {
           const have = (await fh.stat()).size;
           if (have !== size) {
             throw new HoldfastError('HF_STORE_BAD_OFFSET', `${what}: ${have} bytes stored, ${size} announced`);
           }
-          const hasher = new Hasher();
-          const buf = Buffer.allocUnsafe(Math.min(HASH_PIECE, Math.max(size, 1)));
-          for (let off = 0; off < size;) {
-            const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - off), off);
-            if (bytesRead === 0) throw new HoldfastError('HF_IO', `${what}: the partial file ended early`);
-            await hasher.update([buf.subarray(0, bytesRead)]);
-            off += bytesRead;
+          let got = hashed;
+          if (got === undefined) {
+            const hasher = new Hasher();
+            const buf = Buffer.allocUnsafe(Math.min(HASH_PIECE, Math.max(size, 1)));
+            for (let off = 0; off < size;) {
+              const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - off), off);
+              if (bytesRead === 0) throw new HoldfastError('HF_IO', `${what}: the partial file ended early`);
+              await hasher.update([buf.subarray(0, bytesRead)]);
+              off += bytesRead;
+            }
+            got = hasher.digest().toString('hex');
           }
-          const got = hasher.digest().toString('hex');
           if (got !== digest) {
             await close();
             await fsp.unlink(partial).catch(() => undefined);
@@ -150,15 +168,22 @@ export class FsStoreBackend implements StoreBackend {
           await close();
           await fsp.mkdir(path.dirname(final), { recursive: true });
           const existing = await fsp.stat(final).catch(() => null);
-          if (existing) {
+          let committedByOther = existing !== null;
+          if (committedByOther) {
             // Another front-end committed the same content first.
             await fsp.unlink(partial).catch(() => undefined);
           } else {
-            await fsp.rename(partial, final);
+            try {
+              await fsp.rename(partial, final);
+            } catch (err) {
+              // Another front-end renamed the same partial file (same name and digest: the same bytes) just before us.
+              if (errorCode(err) !== 'ENOENT' || (await fsp.stat(final).catch(() => null))?.size !== size) throw err;
+              committedByOther = true;
+            }
           }
           await syncDir(path.dirname(final));
           await syncDir(path.dirname(partial));
-          if (!existing) this.#addUsage(tenant, size);
+          if (!committedByOther) this.#addUsage(tenant, size);
         } catch (err) {
           await close();
           throw ioError(`cannot store ${what}`, err);
@@ -168,9 +193,9 @@ export class FsStoreBackend implements StoreBackend {
     };
   }
 
-  async read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number): Promise<Buffer> {
+  async read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     try {
-      return await this.#storage(tenant).load(type, name, offset, length);
+      return await this.#storage(tenant).load(type, name, offset, length, into);
     } catch (err) {
       if (errorCode(err) === 'HF_STORAGE_NOT_FOUND') {
         throw new HoldfastError('HF_STORE_NOT_FOUND', `${type} ${name} is not on the store`, { cause: err });

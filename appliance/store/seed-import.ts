@@ -78,7 +78,7 @@ export async function importSeed(backend: StoreBackend, tenant: string, dir: str
       for (let off = 0; off < e.size;) {
         const { bytesRead } = await fh.read(buf, 0, Math.min(PIECE, e.size - off), off);
         if (bytesRead === 0) throw new HoldfastError('HF_REPO_CORRUPT', `${e.type} ${e.name} on the seed is shorter than its manifest says`);
-        await upload.write(buf.subarray(0, bytesRead), off);
+        await upload.write([buf.subarray(0, bytesRead)], off);
         off += bytesRead;
       }
       await upload.commit(e.size);

@@ -29,17 +29,22 @@ export interface Upload {
   /** Bytes stored so far (the partial file's length when opened). */
   readonly stored: number;
   /**
-   * Writes bytes at position. Calls MAY overlap; the caller awaits each
-   * before acknowledging it. Writing the same bytes twice is harmless.
+   * Writes bytes (the pieces in order) at position. Calls MAY overlap; the
+   * caller awaits each before acknowledging it. Writing the same bytes twice
+   * is harmless.
    */
-  write(data: Uint8Array, position: number): Promise<void>;
+  write(parts: readonly Uint8Array[], position: number): Promise<void>;
+  /** Reads back stored bytes (to hash the part of a resumed upload that came earlier). */
+  readStored(position: number, length: number): Promise<Buffer>;
   /**
    * Checks that the partial file holds exactly size bytes hashing to the
    * digest (HF_STORE_DIGEST_MISMATCH otherwise, and the partial file is
    * discarded), makes it durable and visible under its name, and only then
-   * resolves. Committing a file that already exists with this size resolves.
+   * resolves. `hashed` is the SHA-256 the caller computed over exactly the
+   * bytes now in the file (as they arrived); without it the file is read
+   * back and hashed. Committing a file that already exists resolves.
    */
-  commit(size: number): Promise<void>;
+  commit(size: number, hashed?: string): Promise<void>;
   /** Releases handles; the partial file stays for a later resume. */
   close(): Promise<void>;
 }
@@ -65,8 +70,8 @@ export interface StoreBackend {
   partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null>;
   /** Opens (creating when needed) the upload of one file. */
   openUpload(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<Upload>;
-  /** Reads a range of a complete file; HF_STORE_NOT_FOUND when missing. */
-  read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number): Promise<Buffer>;
+  /** Reads a range of a complete file (into the caller's buffer of exactly length bytes, when given); HF_STORE_NOT_FOUND when missing. */
+  read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number, into?: Buffer): Promise<Buffer>;
   /** Complete files of a type with names after `after`, in name order, at most limit. */
   list(tenant: string, type: ReplicatedType, after: string | undefined, limit: number): Promise<{ files: StoredFile[]; more: boolean }>;
   /** Moves a file to the trash; resolves with the deletion time, or null when it was missing. */

@@ -3,9 +3,10 @@ import type tls from 'node:tls';
 
 import { HoldfastError, errorCode } from '../errors/index.ts';
 import {
-  FLAG_END, type Frame, FrameDecoder, FrameType, MAX_GET_WINDOW, MAX_LIST, MAX_PAYLOAD, PROTOCOL_VERSION, PUT_WINDOW,
+  FLAG_END, type Frame, FrameDecoder, FramePool, FrameType, HEADER_SIZE, frameHeader, MAX_GET_WINDOW, MAX_LIST, MAX_PAYLOAD, PROTOCOL_VERSION, PUT_WINDOW,
   type Request, type WireError, contentAddressed, encodeFrame, encodeJson, parseHello, parseRequest,
 } from '../protocol/index.ts';
+import { Hasher } from '../../native/index.ts';
 import type { StoreBackend, Upload } from './store-backend.ts';
 
 export interface SessionSettings {
@@ -23,6 +24,9 @@ export interface SessionSettings {
 interface PutStream {
   kind: 'put';
   upload: Upload | null;
+  /** SHA-256 of the file so far, fed in order as bytes arrive (one update at a time). */
+  hasher: Hasher;
+  hashing: Promise<void>;
   size: number;
   next: number;
   window: number;
@@ -61,6 +65,7 @@ const RESUME_AT = 8 << 20;
  * make the store buffer without bound.
  */
 const OUT_PAUSE_AT = 4 << 20;
+const HASH_PIECE = 4 << 20;
 
 function toWire(err: unknown): WireError {
   const code = errorCode(err);
@@ -90,6 +95,7 @@ export class StoreSession {
   #paused = false;
   #outPaused = false;
   #maxFrame = MAX_PAYLOAD;
+  #pool: FramePool | null = null;
   readonly #helloTimer: NodeJS.Timeout;
 
   constructor(socket: tls.TLSSocket, tenant: string, settings: SessionSettings) {
@@ -255,7 +261,7 @@ export class StoreSession {
       return;
     }
     if (req.op === 'PUT') {
-      const st: PutStream = { kind: 'put', upload: null, size: req.size, next: 0, window: 0, writes: new Set(), receiving: false, failed: false };
+      const st: PutStream = { kind: 'put', upload: null, hasher: new Hasher(), hashing: Promise.resolve(), size: req.size, next: 0, window: 0, writes: new Set(), receiving: false, failed: false };
       this.#streams.set(id, st);
       this.#put(id, st, req).catch((err: unknown) => { if (this.#streams.get(id) === st) this.#error(id, err); });
     } else if (req.op === 'GET') {
@@ -342,6 +348,16 @@ export class StoreSession {
     }
     st.upload = upload;
     st.next = Math.min(upload.stored, req.offset);
+    // The part stored by earlier connections is hashed from disk; the rest as it arrives.
+    for (let at = 0; at < st.next;) {
+      const n = Math.min(HASH_PIECE, st.next - at);
+      await st.hasher.update([await upload.readStored(at, n)]);
+      at += n;
+    }
+    if (this.#streams.get(id) !== st) {
+      await upload.close();
+      return;
+    }
     st.window = PUT_WINDOW;
     st.receiving = true;
     this.#respond(id, { offset: st.next, window: PUT_WINDOW }, false);
@@ -358,7 +374,7 @@ export class StoreSession {
       if (st.upload === null) throw new HoldfastError('HF_PROTO_FLOW', `DATA on stream ${f.stream} before the store accepted the PUT`);
       return;
     }
-    const len = f.payload.length;
+    const len = f.length;
     if (len > st.window) throw new HoldfastError('HF_PROTO_FLOW', `DATA of ${len} bytes on stream ${f.stream} exceeds the window of ${st.window}`);
     if (st.next + len > st.size) {
       st.failed = true;
@@ -374,7 +390,10 @@ export class StoreSession {
         this.#paused = true;
         this.#socket.pause();
       }
-      const w: Promise<void> = st.upload!.write(f.payload, pos).then(
+      const parts = f.parts;
+      st.hashing = st.hashing.then(() => st.hasher.update(parts));
+      st.hashing.catch(() => undefined); // awaited (and reported) in #finish
+      const w: Promise<void> = st.upload!.write(parts, pos).then(
         () => {
           st.writes.delete(w);
           this.#written(len);
@@ -414,10 +433,11 @@ export class StoreSession {
     await Promise.allSettled([...st.writes]);
     if (this.#streams.get(id) !== st || st.failed) return;
     try {
+      await st.hashing;
       if (st.next !== st.size) {
         throw new HoldfastError('HF_STORE_BAD_OFFSET', `the upload ended at byte ${st.next} of ${st.size}`);
       }
-      await st.upload!.commit(st.size);
+      await st.upload!.commit(st.size, st.hasher.digest().toString('hex'));
       await st.upload!.close();
       if (this.#streams.get(id) === st) this.#respond(id, { size: st.size }, true);
     } catch (err) {
@@ -434,19 +454,32 @@ export class StoreSession {
     const length = req.length ?? Math.max(0, size - offset);
     if (offset + length > size) throw new HoldfastError('HF_PROTO_MALFORMED', `GET: bytes ${offset}+${length} are past the end (${size})`);
     this.#respond(id, { size, offset, length }, false);
+    this.#pool ??= new FramePool(this.#maxFrame, 4);
+    const pool = this.#pool;
     let sent = 0;
     do {
       while (st.credit === 0 && !st.cancelled) await new Promise<void>((resolve) => { st.wake = resolve; });
       st.wake = null;
       if (st.cancelled || this.#closed) return;
       const n = Math.min(this.#maxFrame, st.credit, length - sent);
-      const buf = n > 0 ? await b.read(this.#tenant, req.type, req.name, offset + sent, n) : Buffer.alloc(0);
-      if (st.cancelled || this.#streams.get(id) !== st) return;
+      const frame = await pool.acquire();
+      try {
+        if (n > 0) await b.read(this.#tenant, req.type, req.name, offset + sent, n, frame.subarray(HEADER_SIZE, HEADER_SIZE + n));
+      } catch (err) {
+        pool.release(frame);
+        throw err;
+      }
+      if (st.cancelled || this.#streams.get(id) !== st || this.#closed || this.#socket.destroyed) {
+        pool.release(frame);
+        return;
+      }
       sent += n;
       st.credit -= n;
       const last = sent === length;
       if (last) this.#streams.delete(id);
-      if (!this.#send(encodeFrame(FrameType.DATA, last ? FLAG_END : 0, id, buf)) && !last) {
+      frameHeader(FrameType.DATA, last ? FLAG_END : 0, id, n).copy(frame, 0);
+      const ok = this.#socket.write(frame.subarray(0, HEADER_SIZE + n), () => pool.release(frame));
+      if (!ok && !last) {
         await new Promise<void>((resolve) => {
           const done = () => { this.#socket.off('drain', done); this.#socket.off('close', done); resolve(); };
           this.#socket.on('drain', done);
