@@ -181,8 +181,8 @@ export class FsStoreBackend implements StoreBackend {
               committedByOther = true;
             }
           }
+          // The new name is what must survive a crash; a partial entry that reappeared would only be resumed or purged.
           await syncDir(path.dirname(final));
-          await syncDir(path.dirname(partial));
           if (!committedByOther) this.#addUsage(tenant, size);
         } catch (err) {
           await close();
