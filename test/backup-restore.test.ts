@@ -4,11 +4,12 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 
 import { backup } from '../appliance/backup/index.ts';
+import { HoldfastError } from '../appliance/errors/index.ts';
 import { check } from '../appliance/maintenance/index.ts';
 import { Repository } from '../appliance/repository/index.ts';
 import { restore } from '../appliance/restore/index.ts';
 import { listSnapshots } from '../appliance/snapshot/index.ts';
-import { CHANGED_DURING_READ, LocalSource, type ReadBuffers } from '../appliance/sources/index.ts';
+import { CHANGED_DURING_READ, LocalSource, type ReadBuffers, type ReadManyResult } from '../appliance/sources/index.ts';
 import { LocalStorage } from '../appliance/storage/index.ts';
 import { tmpDir } from './helpers/tmp.ts';
 import { allocated, compareTrees, makeOddTree, pseudoRandom } from './helpers/tree.ts';
@@ -182,4 +183,79 @@ t.test('a file that changes while it is read is read again; if it changes again,
   t.equal(always.reads, 2, 'read twice, not more');
   t.same(r2.warnings.map((w) => [w.path, w.code]), [[victim, 'HF_WARN_CHANGED']], 'then kept, with a warning');
   t.match(r2.warnings[0]!.message, /changed while being read, twice/);
+});
+
+/**
+ * LocalSource, but readMany leaves every file at the offset its listed size
+ * gives it (the sum of the listed sizes before it), not back to back: the
+ * archiver must take each file's bytes from the view its result gives.
+ */
+class ListedOffsetsSource extends LocalSource {
+  override async readMany(paths: readonly Buffer[], sizes: readonly number[], into: Buffer): Promise<ReadManyResult[]> {
+    let at = 0;
+    return paths.map((p, i) => {
+      const slot = into.subarray(at, at + sizes[i]!);
+      at += sizes[i]!;
+      try {
+        const data = fs.readFileSync(p);
+        if (data.length > slot.length) return { error: Object.assign(new Error('grew'), { code: 'EFBIG' }) };
+        data.copy(slot);
+        return { data: slot.subarray(0, data.length) };
+      } catch (err) {
+        return { error: err as Error & { code?: string } };
+      }
+    });
+  }
+}
+
+t.test('a batch of small files whose bytes a source leaves at their listed offsets is stored byte-exact', async (t) => {
+  const dir = tmpDir(t);
+  const repo = await newRepo(t, dir);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  const files = new Map<string, Buffer>();
+  for (let i = 0; i < 20; i++) {
+    files.set(`f${String(i).padStart(2, '0')}`, pseudoRandom(`listed ${i}`, 300 + i * 211));
+    fs.writeFileSync(path.join(src, `f${String(i).padStart(2, '0')}`), files.get(`f${String(i).padStart(2, '0')}`)!);
+  }
+  // Listed, then changed before the batch is read: one gone, one shorter.
+  const source = new ListedOffsetsSource();
+  const list = source.list.bind(source);
+  source.list = async (d: Buffer) => {
+    const l = await list(d);
+    if (d.toString() === src) {
+      fs.rmSync(path.join(src, 'f00'));
+      fs.truncateSync(path.join(src, 'f01'), 10);
+    }
+    return l;
+  };
+  const r = await backup(repo, source, { paths: [src] });
+  t.same(r.warnings.map((w) => `${path.basename(w.path)} ${w.code}`).sort(), ['f00 HF_WARN_VANISHED', 'f01 HF_WARN_CHANGED']);
+  const target = path.join(dir, 'out');
+  await restore(repo, r.snapshot, { target });
+  t.same(fs.readFileSync(path.join(target, src, 'f01')), files.get('f01')!.subarray(0, 10), 'the shrunk file as read');
+  const wrong = [...files.keys()].slice(2).filter((n) => !fs.readFileSync(path.join(target, src, n)).equals(files.get(n)!));
+  t.same(wrong, [], 'every other file byte-exact');
+});
+
+t.test('a path to back up that cannot be examined: only a missing one is HF_SOURCE_NOT_FOUND; the source\'s own codes pass', async (t) => {
+  const dir = tmpDir(t);
+  const repo = await newRepo(t, dir);
+  const failing = (err: Error) => {
+    const s = new LocalSource();
+    s.stat = async () => { throw err; };
+    return s;
+  };
+  const errno = (code: string) => Object.assign(new Error(`${code}: on /data`), { code });
+  for (const [err, code] of [
+    [errno('ENOENT'), 'HF_SOURCE_NOT_FOUND'],
+    [errno('ENOTDIR'), 'HF_SOURCE_NOT_FOUND'],
+    [errno('EACCES'), 'HF_SOURCE_ACCESS_DENIED'],
+    [errno('EIO'), 'HF_IO'],
+    [new HoldfastError('HF_SOURCE_DISCONNECTED', 'the server went away'), 'HF_SOURCE_DISCONNECTED'],
+    [new HoldfastError('HF_SOURCE_PROTOCOL', 'a malformed reply'), 'HF_SOURCE_PROTOCOL'],
+  ] as const) {
+    await t.rejects(backup(repo, failing(err), { paths: ['/data'] }), { code, message: /\/data|went away|malformed/ }, `${(err as { code: string }).code} → ${code}`);
+  }
+  t.same((await listSnapshots(repo)).snapshots, [], 'no snapshot');
 });

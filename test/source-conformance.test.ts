@@ -8,7 +8,11 @@ import path from 'node:path';
 
 import t, { type Test } from 'tap';
 
-import { LocalSource, type Source, type SourceStat } from '../appliance/sources/index.ts';
+import { backup } from '../appliance/backup/index.ts';
+import { Repository } from '../appliance/repository/index.ts';
+import { restore } from '../appliance/restore/index.ts';
+import { type Listing, LocalSource, type ReadManyResult, type Source, type SourceStat } from '../appliance/sources/index.ts';
+import { LocalStorage } from '../appliance/storage/index.ts';
 import { SftpSource } from '../appliance/sources/sftp/index.ts';
 import { SmbSource } from '../appliance/sources/smb/index.ts';
 import { startSamba } from './helpers/samba.ts';
@@ -123,5 +127,83 @@ for (const [name, make] of implementations) {
       t.equal(link?.target?.toString(), 'plain.txt', 'with its target');
       t.equal((await s.source.stat(at(s.base, 'dir/link'))).type, 'symlink', 'stat does not follow it either');
     }
+  });
+}
+
+/**
+ * A source that runs `mutate` once, right after it lists `dir`: files change
+ * between the listing and the reading, as on a busy server.
+ */
+class ChangesAfterListing implements Source {
+  readonly kind: string;
+  readonly location: string;
+  readonly readMany?: (paths: readonly Buffer[], sizes: readonly number[], into: Buffer) => Promise<ReadManyResult[]>;
+  readonly #inner: Source;
+  readonly #dir: Buffer;
+  #mutate: (() => void) | null;
+
+  constructor(inner: Source, dir: Buffer, mutate: () => void) {
+    this.#inner = inner;
+    this.kind = inner.kind;
+    this.location = inner.location;
+    this.#dir = dir;
+    this.#mutate = mutate;
+    if (inner.readMany) this.readMany = (paths, sizes, into) => inner.readMany!(paths, sizes, into);
+  }
+
+  stat(p: Buffer): Promise<SourceStat> {
+    return this.#inner.stat(p);
+  }
+
+  async list(dir: Buffer): Promise<Listing> {
+    const l = await this.#inner.list(dir);
+    if (dir.equals(this.#dir) && this.#mutate) {
+      this.#mutate();
+      this.#mutate = null;
+    }
+    return l;
+  }
+
+  read(p: Buffer, sizeHint: number, buffers?: Parameters<Source['read']>[2]): AsyncIterable<Buffer> {
+    return this.#inner.read(p, sizeHint, buffers);
+  }
+
+  close(): Promise<void> {
+    return this.#inner.close();
+  }
+}
+
+for (const [name, make] of implementations) {
+  t.test(`${name}: files deleted or shrunk between listing and reading (one batch of small files): every other file is stored byte-exact`, async (t) => {
+    const s = await make(t);
+    const dirOnDisk = path.join(s.root, 'batch');
+    fs.mkdirSync(dirOnDisk);
+    // Small files (one chunk each, so they are read in one batch where the
+    // source can); the first two change after the listing.
+    const files = new Map<string, Buffer>();
+    for (let i = 0; i < 40; i++) {
+      const n = `f${String(i).padStart(2, '0')}`;
+      files.set(n, pseudoRandom(`batch ${i}`, 200 + ((i * 977) % 7000)));
+      fs.writeFileSync(path.join(dirOnDisk, n), files.get(n)!);
+    }
+    const dir = at(s.base, 'batch');
+    const source = new ChangesAfterListing(s.source, dir, () => {
+      fs.rmSync(path.join(dirOnDisk, 'f00')); // vanished
+      fs.truncateSync(path.join(dirOnDisk, 'f01'), 100); // shrunk
+    });
+    const repoDir = tmpDir(t, 'hf-conf-repo-');
+    const { repo } = await Repository.init(new LocalStorage(repoDir), 'pw', { chunker: { minSize: 16 << 10, avgSize: 64 << 10, maxSize: 256 << 10 }, packSize: 1 << 20 });
+    t.teardown(() => repo.close());
+    const r = await backup(repo, source, { paths: [dir.toString()] });
+    t.same(r.warnings.map((w) => `${path.posix.basename(w.path)} ${w.code}`).sort(), ['f00 HF_WARN_VANISHED', 'f01 HF_WARN_CHANGED'],
+      'the deleted file and the shrunk one are warned about');
+    const target = tmpDir(t, 'hf-conf-out-');
+    const res = await restore(repo, r.snapshot, { target });
+    t.equal(res.stats.failed, 0);
+    const out = path.join(target, dir.toString());
+    t.notOk(fs.existsSync(path.join(out, 'f00')), 'the deleted file is not in the snapshot');
+    t.same(fs.readFileSync(path.join(out, 'f01')), files.get('f01')!.subarray(0, 100), 'the shrunk file is stored as read');
+    const wrong = [...files.keys()].slice(2).filter((n) => !fs.readFileSync(path.join(out, n)).equals(files.get(n)!));
+    t.same(wrong, [], 'every other file of the batch is byte-exact');
   });
 }

@@ -1,5 +1,5 @@
 import { BufferPool, type Chunker, release } from '../../native/index.ts';
-import { HoldfastError, errorCode } from '../errors/index.ts';
+import { HoldfastError, errorCode, hasCode } from '../errors/index.ts';
 import { type BlobId, BlobType, type Repository, type RepositoryWriter, blobIdOf } from '../repository/index.ts';
 import {
   type SnapshotStats, type TreeNode, decodeTree, displayName, encodeTree, sameNode,
@@ -145,7 +145,8 @@ function warningCode(err: unknown): WarningCode {
  * (FILES_IN_FLIGHT), and reading waits while SEAL_BUDGET bytes are queued for
  * sealing. A file unchanged since the parent snapshot reuses its chunk list
  * unread; a directory whose listing equals the parent's reuses its tree.
- * Source problems become warnings; repository failures abort.
+ * Source problems become warnings; repository failures, and a source that
+ * lost its server for good (HF_SOURCE_DISCONNECTED), abort.
  */
 export class Archiver {
   readonly stats: ArchiveStats = { files: 0, dirs: 0, bytes: 0, filesRead: 0, filesUnchanged: 0, bytesRead: 0 };
@@ -207,6 +208,17 @@ export class Archiver {
     this.#onWarning?.(w);
   }
 
+  /**
+   * Throws when the source has lost its server for good
+   * (HF_SOURCE_DISCONNECTED, see Source): that is no per-path warning, the
+   * backup stops, or it would record everything not yet read as empty.
+   */
+  #sourceLost(err: unknown): void {
+    if (!hasCode(err, 'HF_SOURCE_DISCONNECTED')) return;
+    this.#failure ??= err;
+    throw err;
+  }
+
   #checkAbort(): void {
     if (this.#failure) throw this.#failure;
     if (this.#signal?.aborted) {
@@ -247,6 +259,7 @@ export class Archiver {
       try {
         st = await this.#source.stat(childPath);
       } catch (err) {
+        this.#sourceLost(err);
         this.#warn(childPath, err);
         continue;
       }
@@ -280,9 +293,11 @@ export class Archiver {
     try {
       listing = await this.#source.list(path);
     } catch (err) {
+      this.#sourceLost(err);
       this.#warn(path, err, warningCode(err), `directory not read: ${(err as Error).message}`);
       return this.#saveTree([], null);
     }
+    for (const p of listing.problems) this.#sourceLost(p.error);
     for (const p of listing.problems) this.#warn(joinPath(path, p.name), p.error);
     const parent = await this.#parentListing(parentTree, path);
     const nodes: (TreeNode | Promise<TreeNode | null> | null)[] = [];
@@ -333,25 +348,36 @@ export class Archiver {
   /**
    * Reads a batch of small files in one job and seals them in one job. A
    * file that grew past its listed size goes the usual way; a file that
-   * cannot be read is a warning, like any other.
+   * cannot be read is a warning, like any other. Each file's bytes are
+   * taken from the view its result gives (Source.readMany): they are sealed
+   * from the front of the buffer, back to back, and a source that left them
+   * anywhere else has them moved there first.
    */
   async #runBatch(items: BatchItem[]): Promise<void> {
     const buf = this.#batchReads.get();
     try {
       const results = await this.#source.readMany!(items.map((i) => i.path), items.map((i) => i.e.size), buf);
+      if (results.length !== items.length) {
+        throw new HoldfastError('HF_SOURCE_PROTOCOL', `${this.#source.location}: readMany gave ${results.length} results for ${items.length} files`);
+      }
       const done: { item: BatchItem; length: number }[] = [];
       const lens: number[] = [];
       let total = 0;
       for (const [k, r] of results.entries()) {
         const item = items[k]!;
-        if ('data' in r) {
-          done.push({ item, length: r.data.length });
-          if (r.data.length > 0) lens.push(r.data.length);
-          total += r.data.length;
-        } else if (r.error.code === 'EFBIG' || r.error.code === 'EINVAL') {
+        if ('data' in r && r.data.length <= item.e.size) {
+          const n = r.data.length;
+          // In order and not overlapping (the contract), so moving each to
+          // the end of the ones before never overwrites one still to come.
+          if (n > 0 && !(r.data.buffer === buf.buffer && r.data.byteOffset === buf.byteOffset + total)) r.data.copy(buf, total);
+          done.push({ item, length: n });
+          if (n > 0) lens.push(n);
+          total += n;
+        } else if ('data' in r || r.error.code === 'EFBIG' || r.error.code === 'EINVAL') {
           // it grew, or is no longer a regular file: the usual path decides
           item.resolve(await this.#file(item.path, item.name, item.e).catch((err: unknown) => { this.#failure ??= err; return null; }));
         } else {
+          this.#sourceLost(r.error);
           this.#warn(item.path, r.error, warningCode(r.error), `file not backed up: ${describeSourceError(r.error)}`);
           item.resolve(null);
         }
@@ -587,6 +613,7 @@ export class Archiver {
       await Promise.all(stores);
     }
     if (sourceError) {
+      this.#sourceLost(sourceError);
       this.#warn(path, sourceError, warningCode(sourceError), `file not backed up: ${describeSourceError(sourceError)}`);
       return null;
     }

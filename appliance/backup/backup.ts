@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 
-import { HoldfastError, hasCode } from '../errors/index.ts';
+import { HoldfastError, errorCode, hasCode, ioError } from '../errors/index.ts';
 import { type BlobId, type Repository, type RepositoryWriter, type SnapshotId, shortId } from '../repository/index.ts';
 import { type Snapshot, type SnapshotEntry, listSnapshots, saveSnapshot } from '../snapshot/index.ts';
 import { LocalStorage } from '../storage/index.ts';
@@ -59,6 +59,27 @@ function chooseParent(all: readonly SnapshotEntry[], host: string, paths: readon
 }
 
 /**
+ * Why a path to back up cannot be examined, coded: only a path that is not
+ * there is HF_SOURCE_NOT_FOUND; the source's own codes (a lost connection, a
+ * protocol error) pass as they are.
+ */
+function pathError(source: Source, p: string, cause: unknown): HoldfastError {
+  if (cause instanceof HoldfastError) return cause;
+  const where = `cannot back up ${p}${source.kind === 'local' ? '' : ` from ${source.location}`}`;
+  const why = cause instanceof Error ? cause.message : String(cause);
+  switch (errorCode(cause)) {
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return new HoldfastError('HF_SOURCE_NOT_FOUND', `${where}: ${why}; check the path`, { cause });
+    case 'EACCES':
+    case 'EPERM':
+      return new HoldfastError('HF_SOURCE_ACCESS_DENIED', `${where}: permission denied (${why}); give the backup user access to it`, { cause });
+    default:
+      return ioError(where, cause);
+  }
+}
+
+/**
  * Backs up paths from a source into the repository and writes a snapshot.
  * Holds the append lock throughout. Blobs go to packs first, then index
  * files, then the snapshot (docs/DESIGN.md, "Write order"), so a crash at any
@@ -72,9 +93,7 @@ export async function backup(repo: Repository, source: Source, options: BackupOp
     try {
       await source.stat(Buffer.from(p, 'utf8'));
     } catch (cause) {
-      throw new HoldfastError('HF_SOURCE_NOT_FOUND',
-        `cannot back up ${p}${source.kind === 'local' ? '' : ` from ${source.location}`}: ${(cause as Error).message}; check the path`,
-        { cause });
+      throw pathError(source, p, cause);
     }
   }
   const host = options.host ?? os.hostname();
@@ -139,6 +158,10 @@ export async function backup(repo: Repository, source: Source, options: BackupOp
     if (writer) {
       const kept = !hasCode(err, 'HF_DISK_FULL') && await writer.flush().then(() => true, () => false);
       if (!kept) await writer.abort();
+      if (kept && hasCode(err, 'HF_SOURCE_DISCONNECTED')) {
+        throw new HoldfastError('HF_SOURCE_DISCONNECTED',
+          `${(err as Error).message}; no snapshot was written, and what was stored is kept for the next backup`, { cause: err });
+      }
     }
     throw err;
   } finally {

@@ -24,7 +24,7 @@ export const ErrorCodes = {
   HF_SOURCE_URL_INVALID: 'a source URL (smb://, sftp://) is malformed',
   HF_SOURCE_UNREACHABLE: 'the source server cannot be reached (host, port, firewall)',
   HF_SOURCE_AUTH_FAILED: 'the source server refused the user name, password or key',
-  HF_SOURCE_SHARE_NOT_FOUND: 'the SMB share (or SFTP base path) does not exist on the server',
+  HF_SOURCE_SHARE_NOT_FOUND: 'the SMB share does not exist on the server (a missing path, on SMB or SFTP, is HF_SOURCE_NOT_FOUND)',
   HF_SOURCE_HOST_KEY_UNKNOWN: 'the SSH server\'s host key is not pinned (known_hosts or --host-key)',
   HF_SOURCE_HOST_KEY_CHANGED: 'the SSH server\'s host key differs from the pinned one',
   HF_SOURCE_DISCONNECTED: 'the source server dropped the connection and retries did not bring it back',
@@ -59,6 +59,7 @@ export const ErrorCodes = {
   HF_TARGET_NOT_FOUND: 'no replication target of that name',
   HF_TARGET_EXISTS: 'a replication target of that name already exists',
   HF_TARGET_UNREACHABLE: 'no endpoint of the target could be reached',
+  HF_SOURCE_ACCESS_DENIED: 'the source server denies the backup user access to a path to back up',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -34,7 +34,10 @@ export interface ReadBuffers {
   put(buf: Uint8Array): void;
 }
 
-/** What readMany gives per file: its bytes, or why not. */
+/**
+ * What readMany gives per file: its bytes as read (their length is what was
+ * read, which may be less than the listed size), or why not.
+ */
 export type ReadManyResult = { data: Buffer } | { error: Error & { code?: string } };
 
 export interface Listing {
@@ -63,6 +66,14 @@ export interface Listing {
  *   size differ at the end from the start) SHOULD reject with code
  *   CHANGED_DURING_READ after yielding every byte; the caller reads it
  *   again once, and keeps the second read with a warning if it changed again.
+ * - Losing the server: a source that reconnects after a dropped connection
+ *   does so with a bounded policy (attempts and waits; a few minutes at
+ *   most in all). When that gives up, the call rejects with
+ *   HF_SOURCE_DISCONNECTED, and so does every later call, at once, without
+ *   another attempt. HF_SOURCE_DISCONNECTED is never a per-path problem:
+ *   the caller MUST stop (a backup fails; it keeps what it stored, and
+ *   writes no snapshot that would show the rest as empty or missing).
+ *   Every other rejection concerns the path asked about.
  * Nothing outside sources/ knows how a source talks to its server.
  */
 export interface Source {
@@ -74,9 +85,21 @@ export interface Source {
   read(path: Buffer, sizeHint: number, buffers?: ReadBuffers): AsyncIterable<Buffer>;
   /**
    * Optional: reads many small files at once into `into` (which has room for
-   * the sum of their listed sizes). A file that grew past its listed size
-   * fails with code EFBIG (the caller reads it with read()); other failures
-   * are per file, with read()'s codes.
+   * the sum of their listed sizes). One result per path, in order.
+   *
+   * - Layout: the files' bytes MUST be laid out in `into` back to back in
+   *   the order of `paths`, by the lengths actually read: the first file
+   *   read starts at offset 0 and each later one where the one before it
+   *   ended; a file that failed takes no room. Each `data` is the view of
+   *   its file's bytes there (so `data.length` says how much was read).
+   *   The caller MUST take each file's bytes from its `data` (never from
+   *   offsets computed from the listed sizes), and may rely on the layout
+   *   to store them without copying.
+   * - A file is never given more bytes than its listed size: one that grew
+   *   past it fails with code EFBIG (the caller reads it with read()); one
+   *   that shrank gives what it has. Other failures are per file, with
+   *   read()'s codes (ENOENT, EACCES, …); HF_SOURCE_DISCONNECTED rejects
+   *   the whole call.
    */
   readMany?(paths: readonly Buffer[], sizes: readonly number[], into: Buffer): Promise<ReadManyResult[]>;
   close(): Promise<void>;

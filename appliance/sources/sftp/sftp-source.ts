@@ -1,10 +1,10 @@
 import fs from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 
 import ssh2 from 'ssh2';
 
 import { HoldfastError, hasCode } from '../../errors/index.ts';
 import { displayName } from '../../snapshot/index.ts';
+import { DEFAULT_RECONNECT, Reconnector } from '../reconnector.ts';
 import {
   CHANGED_DURING_READ, type Listing, type ReadBuffers, type ReadManyResult, type Source, type SourceEntry, type SourceStat, joinPath,
   typeOfMode,
@@ -30,9 +30,9 @@ export interface SftpOptions {
   hostKey?: string;
   /** Time for TCP connect, SSH handshake and login (default 20 s). */
   readyTimeoutMs?: number;
-  /** Reconnect attempts after a dropped connection (default 5). */
+  /** Reconnect attempts after a dropped connection (default 5; see ReconnectPolicy). */
   retries?: number;
-  /** First wait before reconnecting, doubled each time (default 500 ms). */
+  /** First wait before reconnecting, doubled each time (default 1 s). */
   backoffMs?: number;
   /** Bytes each read() asks for ahead of its consumer (default 8 MiB). */
   readAheadBytes?: number;
@@ -65,30 +65,28 @@ const noop = () => {};
  *   looks unchanged to an incremental backup.
  * - Per-path failures carry errno codes (ENOENT, EACCES, ELOOP, EINVAL,
  *   EIO…) with the server's message; connection failures are HF_SOURCE_*.
- * - A dropped connection is re-established with backoff (retries, backoffMs)
- *   and the operation repeated; a read resumes at the offset it reached, so
- *   its consumer sees one unbroken byte stream. A file that changed across
- *   the reconnect fails with EAGAIN. When retries run out:
- *   HF_SOURCE_DISCONNECTED.
+ * - A dropped connection is re-established with backoff (retries, backoffMs;
+ *   Reconnector) and the operation repeated; a read resumes at the offset it
+ *   reached, so its consumer sees one unbroken byte stream. A file that
+ *   changed across the reconnect fails with EAGAIN. A connection ended for
+ *   a malformed packet (HF_SOURCE_PROTOCOL) is re-established the same way;
+ *   the operation that keeps meeting one fails with it. When reconnecting
+ *   gives up: HF_SOURCE_DISCONNECTED, for that call and every later one.
  */
 export class SftpSource implements Source {
   readonly kind = 'sftp';
   readonly location: string;
-  readonly #clientOptions: SftpClientOptions;
-  readonly #retries: number;
-  readonly #backoffMs: number;
   readonly #readAhead: number;
-  #client: SftpClient;
-  #reconnecting: Promise<SftpClient> | null = null;
-  #closed = false;
+  readonly #conn: Reconnector<SftpClient>;
 
   private constructor(location: string, clientOptions: SftpClientOptions, opts: SftpOptions, client: SftpClient) {
     this.location = location;
-    this.#clientOptions = clientOptions;
-    this.#retries = opts.retries ?? 5;
-    this.#backoffMs = opts.backoffMs ?? 500;
     this.#readAhead = opts.readAheadBytes ?? READ_AHEAD;
-    this.#client = client;
+    this.#conn = new Reconnector(client, {
+      location,
+      policy: { attempts: opts.retries ?? DEFAULT_RECONNECT.attempts, firstWaitMs: opts.backoffMs ?? DEFAULT_RECONNECT.firstWaitMs },
+      connect: () => SftpClient.connect(clientOptions),
+    });
   }
 
   /**
@@ -119,17 +117,17 @@ export class SftpSource implements Source {
 
   /** The negotiated cipher of the current connection. */
   get cipher(): string {
-    return this.#client.cipher;
+    return this.#conn.current.cipher;
   }
 
   /** LSTAT (a final symlink is not followed; its target comes from READLINK). */
   async stat(path: Buffer): Promise<SourceStat> {
-    return this.#retry(async (c) => {
+    return this.#conn.run(async (c) => {
       const a = await this.#onPath(c.lstat(path), 'lstat', path);
       const mode = this.#modeOf(a, path);
       const target = typeOfMode(mode) === 'symlink' ? await this.#onPath(c.readlink(path), 'read the symlink', path) : null;
       return statOf(a, mode, target);
-    });
+    }, retriable, isProtocolError);
   }
 
   /**
@@ -140,7 +138,7 @@ export class SftpSource implements Source {
    * connection repeats the whole listing.
    */
   async list(dir: Buffer): Promise<Listing> {
-    return this.#retry(async (c) => {
+    return this.#conn.run(async (c) => {
       const handle = await this.#onPath(c.opendir(dir), 'open the directory', dir);
       const raw: SftpName[] = [];
       try {
@@ -176,7 +174,7 @@ export class SftpSource implements Source {
           try {
             entries.push({ name: e.name, ...statOf(e.attrs, mode, await this.#onPath(c.readlink(path), 'read the symlink', path)) });
           } catch (err) {
-            if (isConnectionLoss(err)) throw err;
+            if (retriable(err, c)) throw err;
             problems.push({ name: e.name, error: err as Error });
           }
         }));
@@ -184,7 +182,7 @@ export class SftpSource implements Source {
       entries.sort((a, b) => Buffer.compare(a.name, b.name));
       problems.sort((a, b) => Buffer.compare(a.name, b.name));
       return { entries, problems };
-    });
+    }, retriable, isProtocolError);
   }
 
   /**
@@ -206,7 +204,7 @@ export class SftpSource implements Source {
     let first: SftpAttrs | null = null;
     let losses = 0;
     for (;;) {
-      const c = await this.#live();
+      const c = await this.#conn.live();
       let handle: Buffer | null = null;
       let pipe: ReadPipeline | null = null;
       try {
@@ -245,9 +243,9 @@ export class SftpSource implements Source {
         }
         return;
       } catch (err) {
-        if (!isConnectionLoss(err) || this.#closed) throw err;
-        if (++losses > this.#retries) throw this.#gaveUp(err);
-        await this.#reconnect(c);
+        if (!retriable(err, c)) throw err;
+        if (++losses > this.#conn.policy.attempts) throw this.#conn.exhausted(err, isProtocolError);
+        await this.#conn.reconnect(c);
       } finally {
         pipe?.stop();
         if (handle && !c.closed) c.close(handle).catch(noop);
@@ -256,12 +254,14 @@ export class SftpSource implements Source {
   }
 
   /**
-   * Reads many small files at once, each into its part of `into`: their
-   * round trips overlap, so a batch costs about what one file does. Each
-   * file is opened and checked as in read(). A file that grew past its
-   * listed size fails with EFBIG, and so does one whose size or mtime
-   * changed while it was read: the caller reads it again with read(), which
-   * reports the change. A dropped connection repeats the whole batch.
+   * Reads many small files at once: their round trips overlap, so a batch
+   * costs about what one file does. Each file is read into room of its
+   * listed size, then the files read are moved together, back to back, as
+   * Source.readMany lays them out. Each file is opened and checked as in
+   * read(). A file that grew past its listed size fails with EFBIG, and so
+   * does one whose size or mtime changed while it was read: the caller reads
+   * it again with read(), which reports the change. A dropped connection
+   * repeats the whole batch.
    */
   async readMany(paths: readonly Buffer[], sizes: readonly number[], into: Buffer): Promise<ReadManyResult[]> {
     const slots: Buffer[] = [];
@@ -270,23 +270,33 @@ export class SftpSource implements Source {
       slots.push(into.subarray(at, at + size));
       at += size;
     }
-    return this.#retry(async (c) => {
+    const results = await this.#conn.run(async (c) => {
       const results: PromiseSettledResult<Buffer>[] = [];
       for (let i = 0; i < paths.length; i += FILES_IN_FLIGHT) {
         const window = paths.slice(i, i + FILES_IN_FLIGHT).map((p, k) => this.#readWhole(c, p, slots[i + k]!));
         results.push(...await Promise.allSettled(window));
       }
-      const lost = results.find((r) => r.status === 'rejected' && isConnectionLoss(r.reason));
+      const lost = results.find((r) => r.status === 'rejected' && retriable(r.reason, c));
       if (lost) throw (lost as PromiseRejectedResult).reason;
-      return results.map((r) => (r.status === 'fulfilled' ? { data: r.value } : { error: r.reason as Error & { code?: string } }));
+      return results;
+    }, retriable, isProtocolError);
+    // Back to back by the lengths read. Each file lies at or after the place
+    // it moves to, and files are moved in order: copy() is a memmove, and no
+    // file is overwritten before it has moved.
+    let end = 0;
+    return results.map((r) => {
+      if (r.status === 'rejected') return { error: r.reason as Error & { code?: string } };
+      const data = r.value;
+      if (data.byteOffset !== into.byteOffset + end) data.copy(into, end);
+      const view = into.subarray(end, end + data.length);
+      end += data.length;
+      return { data: view };
     });
   }
 
   /** Ends the connection. Idempotent; operations after it fail with HF_SOURCE_DISCONNECTED. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    await this.#client.disconnect();
+    await this.#conn.close();
   }
 
   /** One file of readMany: all of it into `slot` (its listed size), or an error. */
@@ -357,72 +367,6 @@ export class SftpSource implements Source {
       throw errnoError(code, `${this.location}: cannot ${op} '${displayName(path)}': ${err.serverMessage || err.message}`, err);
     });
   }
-
-  /** The current connection, re-established first if it dropped. */
-  async #live(): Promise<SftpClient> {
-    if (this.#closed) throw this.#closedError();
-    if (this.#reconnecting) return this.#reconnecting;
-    if (this.#client.closed) return this.#reconnect(this.#client);
-    return this.#client;
-  }
-
-  /** Runs fn on the current connection; reconnects and repeats it while the connection drops. */
-  async #retry<T>(fn: (c: SftpClient) => Promise<T>): Promise<T> {
-    for (let attempt = 0; ; attempt++) {
-      const c = await this.#live();
-      try {
-        return await fn(c);
-      } catch (err) {
-        if (!isConnectionLoss(err) || this.#closed) throw err;
-        if (attempt >= this.#retries) throw this.#gaveUp(err);
-        await this.#reconnect(c);
-      }
-    }
-  }
-
-  /** One reconnect (up to `retries` attempts, with backoff) for everyone who saw the same connection fail. */
-  #reconnect(failed: SftpClient): Promise<SftpClient> {
-    if (this.#client !== failed && !this.#client.closed) return Promise.resolve(this.#client);
-    this.#reconnecting ??= (async () => {
-      try {
-        failed.disconnect().catch(noop);
-        let wait = this.#backoffMs;
-        let last: unknown = null;
-        for (let i = 0; i < this.#retries; i++, wait *= 2) {
-          await sleep(wait);
-          if (this.#closed) throw this.#closedError();
-          try {
-            const c = await SftpClient.connect(this.#clientOptions);
-            if (this.#closed) {
-              await c.disconnect();
-              throw this.#closedError();
-            }
-            this.#client = c;
-            return c;
-          } catch (err) {
-            if (!hasCode(err, 'HF_SOURCE_UNREACHABLE') && !hasCode(err, 'HF_SOURCE_DISCONNECTED')) throw err;
-            last = err;
-          }
-        }
-        throw this.#gaveUp(last);
-      } finally {
-        this.#reconnecting = null;
-      }
-    })();
-    return this.#reconnecting;
-  }
-
-  #gaveUp(err: unknown): HoldfastError {
-    const n = this.#retries;
-    const last = err instanceof Error ? ` (last: ${err.message})` : '';
-    return new HoldfastError('HF_SOURCE_DISCONNECTED',
-      `${this.location}: the connection dropped and ${n} attempt${n === 1 ? '' : 's'} to re-establish it failed${last}; check the server and the network, then run the backup again`,
-      { cause: err });
-  }
-
-  #closedError(): HoldfastError {
-    return new HoldfastError('HF_SOURCE_DISCONNECTED', `${this.location}: the source was closed`);
-  }
 }
 
 /** SFTP status → the errno code the backup pipeline understands. */
@@ -439,6 +383,19 @@ function errnoError(code: string, message: string, cause?: unknown): Error & { c
 function isConnectionLoss(err: unknown): boolean {
   if (hasCode(err, 'HF_SOURCE_DISCONNECTED')) return true;
   return err instanceof SftpStatusError && (err.status === Status.NO_CONNECTION || err.status === Status.CONNECTION_LOST);
+}
+
+function isProtocolError(err: unknown): boolean {
+  return hasCode(err, 'HF_SOURCE_PROTOCOL');
+}
+
+/**
+ * Worth a reconnect and another try: the connection dropped, or was ended
+ * by the client for a malformed packet (not a malformed reply about one path
+ * on a connection that goes on).
+ */
+function retriable(err: unknown, c: SftpClient): boolean {
+  return isConnectionLoss(err) || (isProtocolError(err) && c.closed);
 }
 
 function isDotOrDotDot(name: Buffer): boolean {
