@@ -1,8 +1,9 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import ssh2 from 'ssh2';
 import t, { type Test } from 'tap';
 
 import { errorCode } from '../appliance/errors/index.ts';
@@ -340,4 +341,75 @@ t.test('a missing path is ENOENT; an unreadable file or directory is EACCES (as 
   t.equal('error' in out[0]! ? out[0].error.code : '', 'EACCES', 'readMany: per file');
   t.equal('data' in out[1]! ? out[1].data.toString() : '', 'anyone may read this');
   t.equal((await readAll(src, Buffer.from(open), 20)).toString(), 'anyone may read this', 'a readable file reads');
+});
+
+t.test('a malformed SFTP packet ends the connection with HF_SOURCE_PROTOCOL; the call is retried on new connections, then fails with it', async (t) => {
+  // A scripted SSH server (ssh2's): a proper VERSION, then a packet too
+  // short to be SFTP in answer to anything.
+  const hostKey = ssh2.utils.generateKeyPairSync('ed25519');
+  const userKey = ssh2.utils.generateKeyPairSync('ed25519');
+  let channels = 0;
+  const server = new ssh2.Server({ hostKeys: [hostKey.private] }, (client) => {
+    client.on('error', () => undefined);
+    client.on('authentication', (ctx) => ctx.accept());
+    client.on('ready', () => client.on('session', (accept) => {
+      accept().on('subsystem', (accept) => {
+        const ch = accept();
+        channels++;
+        let buf = Buffer.alloc(0);
+        ch.on('data', (d: Buffer) => {
+          buf = Buffer.concat([buf, d]);
+          while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+            const type = buf[4];
+            buf = buf.subarray(4 + buf.readUInt32BE(0));
+            ch.write(type === 1 ? Buffer.from([0, 0, 0, 5, 2, 0, 0, 0, 3]) : Buffer.from([0, 0, 0, 2, 101, 0, 0, 0, 7]));
+          }
+        });
+      });
+    }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const port = (server.address() as { port: number }).port;
+  const blob = (ssh2.utils.parseKey(hostKey.public) as ssh2.ParsedKey).getPublicSSH();
+  const src = await SftpSource.connect({
+    host: '127.0.0.1', port, user: 'x', identity: Buffer.from(userKey.private), hostKey: hostKeyFingerprint(blob), retries: 2, backoffMs: 10,
+  });
+  t.teardown(() => src.close());
+  await t.rejects(src.stat(Buffer.from('/x')), { code: 'HF_SOURCE_PROTOCOL', message: /malformed packet/ },
+    'the malformed packet is named as such, not as a dropped connection');
+  t.equal(channels, 3, 'tried on the first connection and two new ones (retries: 2)');
+  await t.rejects(src.list(Buffer.from('/')), { code: 'HF_SOURCE_PROTOCOL' }, 'a server that answers is not given up on: the next call tries again');
+});
+
+t.test('test helper: a test process killed by SIGKILL leaves no sshd behind (the lifeline)', async (t) => {
+  const helper = new URL('./helpers/sshd.ts', import.meta.url).href;
+  // A test process that starts sshd and then hangs until it is killed.
+  const script = `import { startSshd } from ${JSON.stringify(helper)};
+const s = await startSshd({ teardown() {} });
+process.stdout.write(JSON.stringify({ pid: s.pid, dir: s.dir }) + '\\n');
+setInterval(() => {}, 1000);`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  const started = await new Promise<{ pid: number; dir: string }>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(JSON.parse(out));
+    });
+    child.once('exit', (code) => reject(new Error(`the helper process exited (${code}) before sshd was up`)));
+  });
+  t.teardown(() => fs.rmSync(started.dir, { recursive: true, force: true }));
+  const alive = (pid: number) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+      return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+    } catch {
+      return false;
+    }
+  };
+  t.ok(alive(started.pid), 'sshd runs');
+  child.kill('SIGKILL');
+  const until = Date.now() + 5000;
+  while (alive(started.pid) && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
+  t.notOk(alive(started.pid), 'sshd is gone once the process that started it was killed (no exit hook ran)');
 });

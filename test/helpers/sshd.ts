@@ -39,6 +39,17 @@ const SSHD = '/usr/sbin/sshd';
  * Starts /usr/sbin/sshd on a free loopback port with its own ed25519 host
  * key and a fresh user key pair, waits until it accepts connections, and
  * kills it by pid when the test ends (or the process exits).
+ *
+ * If the test process is killed by a signal (even SIGKILL), no exit hook
+ * runs: a lifeline does the job then. A watcher shell, in a session of its
+ * own (so a signal to our process group spares it), blocks reading a FIFO
+ * whose only writer is this process; the kernel closes that end however
+ * this process dies, the read returns, and the watcher SIGKILLs the
+ * listener (when its command line, which sshd rewrites to "sshd: … -f
+ * CONFIG … [listener]", still names this server's config, so a reused pid
+ * is left alone) and its children. Connection processes whose
+ * client was this test process see their sockets close and exit on their
+ * own. stop() ends the watcher first, then the server.
  */
 export async function startSshd(t: Test, opts: SshdOptions = {}): Promise<Sshd> {
   const user = opts.user ?? 'root';
@@ -87,6 +98,7 @@ export async function startSshd(t: Test, opts: SshdOptions = {}): Promise<Sshd> 
   const pid = child.pid!;
   let exited = false;
   const exitedP = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const lifeline = startLifeline(dir, pid, config);
   const onExit = () => killTree(pid, 'SIGKILL');
   process.on('exit', onExit);
   let stopped = false;
@@ -94,6 +106,7 @@ export async function startSshd(t: Test, opts: SshdOptions = {}): Promise<Sshd> 
     if (stopped) return;
     stopped = true;
     process.off('exit', onExit);
+    lifeline.cut();
     killTree(pid, 'SIGTERM');
     await Promise.race([exitedP, sleep(5000)]);
     if (!exited) killTree(pid, 'SIGKILL');
@@ -108,6 +121,40 @@ export async function startSshd(t: Test, opts: SshdOptions = {}): Promise<Sshd> 
     await sleep(50);
   }
   return { host: '127.0.0.1', port, user, identityFile, knownHostsFile, hostKeyFingerprint, pid, dir, stop };
+}
+
+/**
+ * The watcher that kills sshd `pid` when this process dies without running
+ * its exit hooks (see startSshd). cut() ends the watcher without killing
+ * anything (the caller stops the server itself).
+ */
+function startLifeline(dir: string, pid: number, config: string): { cut(): void } {
+  const fifo = path.join(dir, 'lifeline');
+  execFileSync('mkfifo', ['-m', '0600', fifo]);
+  // A reader must exist before the writer can open; the watcher gets a
+  // blocking read end of its own (the first, non-blocking one is closed).
+  const probe = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  const writer = fs.openSync(fifo, fs.constants.O_WRONLY); // O_CLOEXEC: no other child inherits it
+  const reader = fs.openSync(fifo, fs.constants.O_RDONLY);
+  fs.closeSync(probe);
+  const script = [
+    'read _ || :', // returns at EOF: every writer (this test process) is gone
+    'tr "\\0" "\\n" < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2" || exit 0',
+    'pkill -KILL -P "$1"',
+    'kill -KILL "$1"',
+  ].join('\n');
+  const watcher = spawn('/bin/sh', ['-c', script, 'sshd-lifeline', String(pid), config], { detached: true, stdio: [reader, 'ignore', 'ignore'] });
+  fs.closeSync(reader);
+  watcher.unref();
+  let cut = false;
+  return {
+    cut() {
+      if (cut) return;
+      cut = true;
+      watcher.kill('SIGKILL');
+      fs.closeSync(writer);
+    },
+  };
 }
 
 /**

@@ -82,7 +82,8 @@ const noop = () => {};
  *   HF_SOURCE_UNREACHABLE, HF_SOURCE_PROTOCOL or HF_SOURCE_DISCONNECTED.
  * - Every request rejects with SftpStatusError for a status other than OK
  *   (and EOF where EOF means "no more"), and with HF_SOURCE_DISCONNECTED
- *   once the connection is gone; nothing is retried here.
+ *   once the connection is gone, or HF_SOURCE_PROTOCOL when it was ended
+ *   because the server sent a malformed packet; nothing is retried here.
  * - A read's buffer is written to only until its callback runs or it is
  *   abandoned.
  */
@@ -354,11 +355,17 @@ export class SftpClient {
     });
   }
 
-  /** Marks the connection dead (once) and fails everything outstanding. */
+  /**
+   * Marks the connection dead (once) and fails everything outstanding: with
+   * HF_SOURCE_PROTOCOL when a malformed packet is why (the connection is
+   * ended because of it), else HF_SOURCE_DISCONNECTED.
+   */
   #lost(cause: Error | null, why?: string): void {
     if (this.#dead) return;
     const reason = why ?? cause?.message ?? 'the server closed it';
-    const dead = new HoldfastError('HF_SOURCE_DISCONNECTED', `${this.#where}: the SSH connection dropped (${reason})`, cause ? { cause } : undefined);
+    const dead = cause instanceof HoldfastError && cause.code === 'HF_SOURCE_PROTOCOL'
+      ? new HoldfastError('HF_SOURCE_PROTOCOL', `${this.#where}: ${cause.message}; the connection was ended`, { cause })
+      : new HoldfastError('HF_SOURCE_DISCONNECTED', `${this.#where}: the SSH connection dropped (${reason})`, cause ? { cause } : undefined);
     this.#dead = dead;
     const pending = [...this.#pending.values()];
     this.#pending.clear();

@@ -1,6 +1,6 @@
 import crypto from 'node:crypto';
 
-import { HoldfastError } from '../../errors/index.ts';
+import { HoldfastError, hasCode } from '../../errors/index.ts';
 import { NtlmAuthenticator } from './ntlm-authenticator.ts';
 import { type Protection, type SigningAlg, SmbConnection, SmbStatusError, type Smb2Response } from './smb-connection.ts';
 import { deriveSmb3Keys, preauthHashUpdate, verifyMessage } from './smb-crypto.ts';
@@ -113,7 +113,7 @@ export class SmbClient {
 
   /** A readable description: dialect and protection, for logs and snapshot notes. */
   get security(): string {
-    const d = `SMB ${({ 0x0210: '2.1', 0x0300: '3.0', 0x0302: '3.0.2', 0x0311: '3.1.1' } as Record<number, string>)[this.dialect]}`;
+    const d = dialectName(this.dialect);
     return this.#treeProtection.encrypt ? `${d}, encrypted (${cipherName(this.cipher)})` : `${d}, signed (${this.signingAlg})`;
   }
 
@@ -146,16 +146,23 @@ export class SmbClient {
       negSent = sent.message;
       neg = await sent.response;
     } catch (err) {
+      const hint = (opts.maxDialect ?? Dialect.SMB3_1_1) < Dialect.SMB3_1_1
+        ? 'it may require a newer dialect than the maximum configured, or speak only SMB 1, which Holdfast does not speak'
+        : 'it may speak only SMB 1, which Holdfast does not speak (enable SMB 2 or 3 on the server)';
       if (err instanceof SmbStatusError) {
-        throw new HoldfastError('HF_SMB_SIGNING_REQUIRED',
-          `${where} refused every dialect offered (SMB 2.1 to 3.1.1): ${statusName(err.status)}; the server may require SMB 1, which Holdfast does not speak`,
-          { cause: err });
+        throw new HoldfastError('HF_SOURCE_PROTOCOL',
+          `${where} refused every SMB dialect offered (${dialectRange(opts)}): ${statusName(err.status)}; ${hint}`, { cause: err });
+      }
+      if (hasCode(err, 'HF_SOURCE_DISCONNECTED')) {
+        throw new HoldfastError('HF_SOURCE_PROTOCOL',
+          `${where} ended the connection, or did not answer, when offered SMB ${dialectRange(opts)} (${(err as Error).message}); ${hint}`, { cause: err });
       }
       throw err;
     }
     const n = parseNegotiate(neg, where);
     if (n.dialect < (opts.minDialect ?? Dialect.SMB2_1)) {
-      throw new HoldfastError('HF_SMB_SIGNING_REQUIRED', `${where} chose dialect 0x${n.dialect.toString(16)}, below the minimum configured`);
+      throw new HoldfastError('HF_SOURCE_PROTOCOL',
+        `${where} chose SMB dialect ${dialectName(n.dialect)}, below the minimum configured (${dialectName(opts.minDialect ?? Dialect.SMB2_1)})`);
     }
     let preauth: Buffer = Buffer.alloc(64);
     if (n.dialect === Dialect.SMB3_1_1) {
@@ -395,14 +402,16 @@ export class SmbClient {
 
   /**
    * Lists an open directory: every entry but . and .., in server order.
-   * Names stay UTF-16LE bytes; the caller decides how to represent them.
+   * Names stay UTF-16LE bytes; the caller decides how to represent them. An
+   * empty directory may answer the first query with NO_SUCH_FILE (Windows
+   * does, where Samba gives "." and ".."): that is an empty listing.
    */
   async list(id: Buffer): Promise<SmbDirEntry[]> {
     const out: SmbDirEntry[] = [];
     const pattern = Buffer.from('*', 'utf16le');
-    const len = Math.min(DIR_BUFFER, this.maxTransactSize);
-    const charge = Math.ceil(len / 65536);
     for (let first = true; ; first = false) {
+      const charge = this.#conn.affordableCharge(Math.ceil(Math.min(DIR_BUFFER, this.maxTransactSize) / 65536));
+      const len = Math.min(DIR_BUFFER, this.maxTransactSize, charge * 65536);
       const body = Buffer.alloc(32 + pattern.length);
       body.writeUInt16LE(33, 0);
       body.writeUInt8(InfoClass.FileIdFullDirectoryInformation, 2);
@@ -412,25 +421,38 @@ export class SmbClient {
       body.writeUInt16LE(pattern.length, 26);
       body.writeUInt32LE(len, 28);
       pattern.copy(body, 32);
-      const r = await this.#request(Command.QUERY_DIRECTORY, body, charge, [Status.NO_MORE_FILES]);
-      if (r.header.status === Status.NO_MORE_FILES) return out;
+      const r = await this.#request(Command.QUERY_DIRECTORY, body, charge, first ? [Status.NO_MORE_FILES, Status.NO_SUCH_FILE] : [Status.NO_MORE_FILES]);
+      if (r.header.status === Status.NO_MORE_FILES || r.header.status === Status.NO_SUCH_FILE) return out;
       const buf = bufferAt(r, r.body.readUInt16LE(2), r.body.readUInt32LE(4), `SMB server ${this.#conn.host}`);
       parseDirectory(buf, out, this.#conn.host);
     }
   }
 
   /**
+   * Bytes per READ for a reader with `inFlight` READs outstanding: at most
+   * READ_SIZE and the server's MaxReadSize (64 KiB without LARGE_MTU), and
+   * small enough that that many READs fit in the credits the server grants.
+   */
+  readSize(inFlight: number): number {
+    const credits = Math.max(1, Math.floor(this.#conn.affordableCharge(Number.MAX_SAFE_INTEGER) / Math.max(1, inFlight)));
+    return Math.max(1, Math.min(READ_SIZE, this.maxReadSize, credits * 65536));
+  }
+
+  /**
    * Reads up to `length` bytes at `offset`; an empty buffer at the end of the
-   * file. The result is a view of the response message.
+   * file. The result is a view of the response message. Asks for less (a
+   * short read) when the server has not granted the credits `length` costs.
    */
   async read(id: Buffer, offset: number, length: number): Promise<Buffer> {
+    const charge = this.#conn.affordableCharge(Math.ceil(length / 65536));
+    length = Math.min(length, charge * 65536);
     const body = Buffer.alloc(49);
     body.writeUInt16LE(49, 0);
     body.writeUInt8(0x50, 2); // Padding: where the data should start in the response
     body.writeUInt32LE(length, 4);
     body.writeBigUInt64LE(BigInt(offset), 8);
     id.copy(body, 16);
-    const r = await this.#request(Command.READ, body, Math.ceil(length / 65536), [Status.END_OF_FILE]);
+    const r = await this.#request(Command.READ, body, charge, [Status.END_OF_FILE]);
     if (r.header.status === Status.END_OF_FILE) return Buffer.alloc(0);
     const data = bufferAt(r, r.body.readUInt8(2), r.body.readUInt32LE(4), `SMB server ${this.#conn.host}`);
     if (data.length > length) throw new HoldfastError('HF_SOURCE_PROTOCOL', `SMB server ${this.#conn.host} returned more bytes than asked`);
@@ -456,17 +478,29 @@ export class SmbClient {
 
   /**
    * The share's previous versions as @GMT tokens (FSCTL_SRV_ENUMERATE_SNAPSHOTS,
-   * MS-SMB2 §2.2.32.2), newest first as the server sorts them.
+   * MS-SMB2 §2.2.32.2), newest first as the server sorts them. A server
+   * that refuses the request (Samba without shadow_copy2 answers
+   * INVALID_DEVICE_REQUEST; others NOT_SUPPORTED) has none to offer:
+   * HF_SOURCE_SNAPSHOT_NOT_FOUND.
    */
   async snapshots(): Promise<string[]> {
     const root = await this.open('', { directory: true });
     try {
-      let { output } = await this.fsctl(root.id, FSCTL_SRV_ENUMERATE_SNAPSHOTS, Buffer.alloc(0), 16);
+      const enumerate = async (maxOutput: number) => {
+        try {
+          return (await this.fsctl(root.id, FSCTL_SRV_ENUMERATE_SNAPSHOTS, Buffer.alloc(0), maxOutput)).output;
+        } catch (err) {
+          if (!(err instanceof SmbStatusError)) throw err;
+          throw new HoldfastError('HF_SOURCE_SNAPSHOT_NOT_FOUND',
+            `SMB server ${this.#conn.host}: share '${this.share}' has no previous versions (the server answered ${statusName(err.status)} when asked for them: ` +
+            'Samba needs vfs_shadow_copy2 on the share, Windows shadow copies of the volume)', { cause: err });
+        }
+      };
+      let output = await enumerate(16);
       if (output.length < 12) return [];
       const arraySize = output.readUInt32LE(8);
-      if (output.readUInt32LE(0) > output.readUInt32LE(4)) {
-        ({ output } = await this.fsctl(root.id, FSCTL_SRV_ENUMERATE_SNAPSHOTS, Buffer.alloc(0), 12 + arraySize));
-      }
+      if (output.readUInt32LE(0) > output.readUInt32LE(4)) output = await enumerate(12 + arraySize);
+      if (output.length < 12) return [];
       const text = output.subarray(12, 12 + output.readUInt32LE(8)).toString('utf16le');
       return text.split('\0').filter((s) => /^@GMT-\d{4}\.\d{2}\.\d{2}-\d{2}\.\d{2}\.\d{2}$/.test(s));
     } finally {
@@ -490,6 +524,14 @@ export class SmbClient {
     }
     this.#conn.close();
   }
+}
+
+function dialectName(d: number): string {
+  return `SMB ${({ 0x0210: '2.1', 0x0300: '3.0', 0x0302: '3.0.2', 0x0311: '3.1.1' } as Record<number, string>)[d] ?? `0x${d.toString(16)}`}`;
+}
+
+function dialectRange(opts: SmbClientOptions): string {
+  return `${dialectName(opts.minDialect ?? Dialect.SMB2_1).slice(4)} to ${dialectName(opts.maxDialect ?? Dialect.SMB3_1_1).slice(4)}`;
 }
 
 function align8(n: number): number {
@@ -567,7 +609,7 @@ function negContext(type: number, data: Buffer): Buffer {
   return b;
 }
 
-interface Negotiated {
+export interface Negotiated {
   dialect: number;
   maxReadSize: number;
   maxTransactSize: number;
@@ -575,8 +617,8 @@ interface Negotiated {
   signingAlgorithm: number;
 }
 
-/** Parses the NEGOTIATE response (§2.2.4) and its contexts; strict about what it relies on. */
-function parseNegotiate(r: Smb2Response, where: string): Negotiated {
+/** Parses the NEGOTIATE response (§2.2.4) and its contexts; strict about what it relies on. Exported for tests. */
+export function parseNegotiate(r: Smb2Response, where: string): Negotiated {
   const b = r.body;
   if (b.length < 64) throw new HoldfastError('HF_SOURCE_PROTOCOL', `${where}: short NEGOTIATE response`);
   const dialect = b.readUInt16LE(4);
@@ -584,10 +626,12 @@ function parseNegotiate(r: Smb2Response, where: string): Negotiated {
     throw new HoldfastError('HF_SOURCE_PROTOCOL', `${where} chose dialect 0x${dialect.toString(16)}, which was not offered`);
   }
   const capabilities = b.readUInt32LE(24);
+  // Without LARGE_MTU, no request or response may carry more than 64 KiB (§3.2.4.1.5).
+  const largeMtu = (capabilities & Capability.LARGE_MTU) !== 0;
   const out: Negotiated = {
     dialect,
-    maxTransactSize: b.readUInt32LE(28),
-    maxReadSize: b.readUInt32LE(32),
+    maxTransactSize: largeMtu ? b.readUInt32LE(28) : Math.min(b.readUInt32LE(28), 65536),
+    maxReadSize: largeMtu ? b.readUInt32LE(32) : Math.min(b.readUInt32LE(32), 65536),
     cipher: dialect >= Dialect.SMB3_0 && dialect < Dialect.SMB3_1_1 && (capabilities & Capability.ENCRYPTION) ? Cipher.AES_128_CCM : 0,
     signingAlgorithm: dialect === Dialect.SMB2_1 ? SigningAlgorithm.HMAC_SHA256 : SigningAlgorithm.AES_CMAC,
   };

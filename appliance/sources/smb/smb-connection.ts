@@ -45,6 +45,8 @@ interface Pending {
   sign: Protection['sign'];
   encrypted: boolean;
   timer: NodeJS.Timeout;
+  /** Credits it was charged (its response grants credits back). */
+  charge: number;
 }
 
 /** Most credits this client asks the server to hold for it. */
@@ -64,7 +66,12 @@ const MAX_FRAME = (8 << 20) + 4096;
  *   pending request rejects then too.
  * - A response that should be signed and is not, or whose signature or
  *   encryption tag is wrong, is a protocol error that closes the connection:
- *   nothing unauthenticated is ever handed to a caller.
+ *   nothing unauthenticated is ever handed to a caller. Every pending
+ *   request rejects with that HF_SOURCE_PROTOCOL error (and `closed` is
+ *   true): the caller may treat it as a wire fault and retry elsewhere.
+ * - A request never waits for credits the server has not granted and will
+ *   not grant (none in flight to bring them back): it rejects with
+ *   HF_SOURCE_PROTOCOL. Callers size requests by affordableCharge().
  */
 export class SmbConnection {
   readonly host: string;
@@ -73,6 +80,8 @@ export class SmbConnection {
   #pending = new Map<bigint, Pending>();
   #nextMessageId = 0n;
   #credits = 1;
+  /** Credits charged to requests not answered yet. */
+  #charged = 0;
   #creditWaiters: (() => void)[] = [];
   #chunks: Buffer[] = [];
   #buffered = 0;
@@ -119,6 +128,15 @@ export class SmbConnection {
 
   get closed(): boolean {
     return this.#closed !== null;
+  }
+
+  /**
+   * The credit charge, at most `wanted`, that a request can be sure to get:
+   * what is granted now plus what requests in flight will bring back
+   * (at least 1).
+   */
+  affordableCharge(wanted: number): number {
+    return Math.max(1, Math.min(wanted, this.#credits + this.#charged));
   }
 
   /** Responses of this session must be signed with this (null: no longer required). */
@@ -170,7 +188,9 @@ export class SmbConnection {
         resolve, reject, command, accept: opts.accept ?? [], timer,
         sign: protection?.encrypt ? null : protection?.sign ?? null,
         encrypted: protection?.encrypt != null,
+        charge,
       });
+      this.#charged += charge;
     });
     const nb = Buffer.allocUnsafe(4);
     nb.writeUInt32BE(frame.length, 0); // Direct TCP: a zero byte, then a 24-bit length (§2.1)
@@ -191,6 +211,10 @@ export class SmbConnection {
 
   async #takeCredits(n: number): Promise<void> {
     while (this.#credits < n && !this.#closed) {
+      if (this.#credits + this.#charged < n) {
+        throw new HoldfastError('HF_SOURCE_PROTOCOL',
+          `SMB server ${this.host}:${this.port} granted ${this.#credits + this.#charged} credits in all, and a request needs ${n}`);
+      }
       await new Promise<void>((resolve) => this.#creditWaiters.push(resolve));
     }
     this.#credits -= n;
@@ -283,7 +307,12 @@ export class SmbConnection {
     if (!p) throw new HoldfastError('HF_SOURCE_PROTOCOL', `SMB server ${this.host} answered message ${header.messageId}, which was not sent`);
     this.#grant(header.credits);
     const interim = header.status === Status.PENDING && (header.flags & HeaderFlag.ASYNC_COMMAND) !== 0;
-    if (interim) return; // the final response follows (§3.2.5.1.5)
+    if (interim) {
+      // The final response follows (§3.2.5.1.5): the server is working on
+      // it, so its time starts again.
+      p.timer.refresh();
+      return;
+    }
     if (p.encrypted && !encrypted) {
       throw new HoldfastError('HF_SOURCE_PROTOCOL', `SMB server ${this.host} answered an encrypted request in clear text; closing the connection`);
     }
@@ -298,6 +327,7 @@ export class SmbConnection {
     }
     this.#pending.delete(header.messageId);
     clearTimeout(p.timer);
+    this.#charged -= p.charge;
     if (header.command !== p.command) {
       p.reject(new HoldfastError('HF_SOURCE_PROTOCOL', `SMB server ${this.host} answered ${commandName(p.command)} with ${commandName(header.command)}`));
       return;
@@ -322,6 +352,7 @@ export class SmbConnection {
       p.reject(err);
     }
     this.#pending.clear();
+    this.#charged = 0;
     this.#grant(0);
   }
 }

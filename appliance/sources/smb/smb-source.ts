@@ -1,8 +1,7 @@
-import { setTimeout as sleep } from 'node:timers/promises';
-
 import { HoldfastError, hasCode } from '../../errors/index.ts';
+import { DEFAULT_RECONNECT, Reconnector } from '../reconnector.ts';
 import { CHANGED_DURING_READ, type Listing, type Source, type SourceEntry, type SourceStat } from '../source.ts';
-import { type SmbClientOptions, SmbClient, type SmbFileInfo, READ_SIZE } from './smb-client.ts';
+import { type SmbClientOptions, SmbClient, type SmbFileInfo } from './smb-client.ts';
 import { SmbStatusError } from './smb-connection.ts';
 import { Attr, IO_REPARSE_TAG_SYMLINK, filetimeToTimespec, statusIsSessionLoss } from './smb2-wire.ts';
 import { bytesToUtf16, utf16ToBytes } from './smb-names.ts';
@@ -13,9 +12,9 @@ export interface SmbSourceOptions extends SmbClientOptions {
    * Samba shadow_copy2): 'latest', or the newest version at or before a time.
    */
   snapshot?: 'latest' | Date | null;
-  /** Reconnect attempts after a dropped connection (default 5). */
+  /** Reconnect attempts after a dropped connection (default 5; see ReconnectPolicy). */
   retries?: number;
-  /** First wait before reconnecting, doubled each time (default 500 ms). */
+  /** First wait before reconnecting, doubled each time (default 1 s). */
   backoffMs?: number;
   /** READ requests in flight per file (default 8). */
   readsInFlight?: number;
@@ -37,8 +36,14 @@ const TAG_MOUNT_POINT = 0xa0000003;
  *   inode the server's file id.
  * - Symlinks and junctions are recorded with their target and never
  *   followed; every open uses FILE_OPEN_REPARSE_POINT.
- * - A dropped connection is re-established with backoff and the operation
- *   retried; a read resumes at the offset it reached.
+ * - A dropped connection is re-established with backoff (retries,
+ *   backoffMs; Reconnector) and the operation retried; a read resumes at the
+ *   offset it reached. A response that fails its signature or decryption
+ *   check ends the connection (nothing unauthenticated is used): it is
+ *   treated as a transient wire fault, and every request that was in flight
+ *   is retried on a new connection the same way; an operation that keeps
+ *   meeting one fails with HF_SOURCE_PROTOCOL. When reconnecting gives up:
+ *   HF_SOURCE_DISCONNECTED, for that call and every later one, at once.
  */
 export class SmbSource implements Source {
   readonly kind = 'smb';
@@ -46,18 +51,20 @@ export class SmbSource implements Source {
   /** The @GMT token of the previous version read, or null for the live share. */
   readonly snapshotToken: string | null;
   #opts: SmbSourceOptions;
-  #client: SmbClient;
-  #reconnecting: Promise<SmbClient> | null = null;
+  #conn: Reconnector<SmbClient>;
   #timewarp: bigint | null;
-  #closed = false;
 
   private constructor(opts: SmbSourceOptions, client: SmbClient, token: string | null) {
     this.#opts = opts;
-    this.#client = client;
     this.snapshotToken = token;
     this.#timewarp = token ? gmtTokenToFiletime(token) : null;
     const user = `${opts.domain ? `${opts.domain};` : ''}${opts.user}`;
     this.location = `smb://${user}@${opts.host}:${opts.port ?? 445}/${opts.share}`;
+    this.#conn = new Reconnector(client, {
+      location: this.location,
+      policy: { attempts: opts.retries ?? DEFAULT_RECONNECT.attempts, firstWaitMs: opts.backoffMs ?? DEFAULT_RECONNECT.firstWaitMs },
+      connect: () => SmbClient.connect(opts),
+    });
   }
 
   /** Connects (errors surface here, coded) and picks the previous version asked for. */
@@ -75,7 +82,7 @@ export class SmbSource implements Source {
 
   /** Dialect and protection of the current connection, e.g. "SMB 3.1.1, encrypted (AES-128-GCM)". */
   get security(): string {
-    return this.#client.security;
+    return this.#conn.current.security;
   }
 
   async stat(path: Buffer): Promise<SourceStat> {
@@ -128,6 +135,7 @@ export class SmbSource implements Source {
             }
           });
         } catch (err) {
+          if (hasCode(err, 'HF_SOURCE_DISCONNECTED')) throw err; // the server is gone, not this link
           problems.push({ name, error: err as Error });
           continue;
         }
@@ -140,16 +148,20 @@ export class SmbSource implements Source {
 
   /**
    * Reads a file with up to `readsInFlight` READs outstanding, yielding in
-   * order. Refuses (ELOOP) a path that is now a symlink or junction.
+   * order. Refuses (ELOOP) a path that is now a symlink or junction. Only
+   * END_OF_FILE, or a short READ that reaches the size the file had when it
+   * was opened, ends it: a short READ before that is asked again for the
+   * rest. READs are as large as the server's MaxReadSize and the credits it
+   * grants allow.
    */
   async *read(path: Buffer, sizeHint: number): AsyncIterable<Buffer> {
     const smbPath = toSmbPath(path);
     const window = Math.max(1, this.#opts.readsInFlight ?? 8);
-    let client = this.#client.closed && !this.#closed ? await this.#reconnect(this.#client, 1) : this.#client;
+    let client = await this.#conn.live();
     let handle: Buffer | null = null;
     let first: SmbFileInfo | null = null;
     let offset = 0; // bytes yielded so far
-    let attempt = 0;
+    let losses = 0;
     const reopen = async () => {
       const f = await client.open(smbPath, { directory: false, timewarp: this.#timewarp });
       if (f.info.attributes & Attr.REPARSE_POINT) {
@@ -167,31 +179,40 @@ export class SmbSource implements Source {
       for (;;) {
         try {
           if (!handle) await reopen();
-          const pieceSize = Math.min(READ_SIZE, client.maxReadSize);
-          const inFlight: Promise<Buffer>[] = [];
+          const size = Number(first!.endOfFile);
+          const pieceSize = client.readSize(window);
+          const inFlight: { length: number; data: Promise<Buffer> }[] = [];
           let next = offset;
           // Reads up to one byte past the listed size run in parallel; a file
-          // that grew is then read on, a window at a time, until a short read.
+          // that grew is then read on, a window at a time, until its end.
           let limit = Math.max(sizeHint + 1, offset + 1);
           const fill = () => {
             while (inFlight.length < window && next < limit) {
-              const p = client.read(handle!, next, pieceSize);
-              p.catch(() => undefined); // a failure is seen where it is awaited, or dropped past the end
-              inFlight.push(p);
+              const data = client.read(handle!, next, pieceSize);
+              data.catch(() => undefined); // a failure is seen where it is awaited, or dropped past the end
+              inFlight.push({ length: pieceSize, data });
               next += pieceSize;
             }
           };
           fill();
           for (;;) {
-            const p = inFlight.shift();
-            if (!p) break;
-            const data = await p;
-            attempt = 0;
+            const r = inFlight.shift()!;
+            const data = await r.data;
+            losses = 0;
             if (data.length > 0) {
               offset += data.length;
               yield data;
             }
-            if (data.length < pieceSize) {
+            if (data.length < r.length) {
+              if (data.length > 0 && offset < size) {
+                // Short, but not the end: ask again from here. What is in
+                // flight beyond it lies further on; it is dropped.
+                inFlight.length = 0;
+                next = offset;
+                limit = Math.max(limit, offset + 1);
+                fill();
+                continue;
+              }
               // The end; reads still in flight beyond it are dropped. The
               // close reports the file as it is now: a change while it was
               // read makes the bytes suspect, and the caller reads it again.
@@ -207,13 +228,11 @@ export class SmbSource implements Source {
             if (next >= limit && inFlight.length === 0) limit = next + window * pieceSize;
             fill();
           }
-          return;
         } catch (err) {
-          if (!retriable(err) || this.#closed) throw err;
-          attempt++;
-          if (attempt > (this.#opts.retries ?? 5)) throw this.#gaveUp(err);
+          if (!retriable(err, client)) throw err;
+          if (++losses > this.#conn.policy.attempts) throw this.#conn.exhausted(err, isProtocolError);
           handle = null;
-          client = await this.#reconnect(client, attempt);
+          client = await this.#conn.reconnect(client);
         }
       }
     } finally {
@@ -222,56 +241,12 @@ export class SmbSource implements Source {
   }
 
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    await this.#client.disconnect();
+    await this.#conn.close();
   }
 
-  /** Runs fn on the current client; reconnects and retries while the connection drops. */
-  async #retry<T>(fn: (c: SmbClient) => Promise<T>): Promise<T> {
-    for (let attempt = 0; ; attempt++) {
-      // A connection closed for a protocol error (a bad signature, say) is
-      // not retried for the request that saw it, but later work reconnects.
-      const client = this.#client.closed && !this.#closed ? await this.#reconnect(this.#client, 1) : this.#client;
-      try {
-        return await fn(client);
-      } catch (err) {
-        if (!retriable(err) || this.#closed) throw err;
-        if (attempt >= (this.#opts.retries ?? 5)) throw this.#gaveUp(err);
-        await this.#reconnect(client, attempt + 1);
-      }
-    }
-  }
-
-  /** One reconnect for everyone who saw the same client fail. */
-  async #reconnect(failed: SmbClient, attempt: number): Promise<SmbClient> {
-    if (this.#client !== failed && !this.#client.closed) return this.#client;
-    this.#reconnecting ??= (async () => {
-      try {
-        failed.disconnect().catch(() => undefined);
-        let wait = (this.#opts.backoffMs ?? 500) * 2 ** Math.max(0, attempt - 1);
-        for (let i = 0; ; i++) {
-          await sleep(wait);
-          try {
-            this.#client = await SmbClient.connect(this.#opts);
-            return this.#client;
-          } catch (err) {
-            if (!hasCode(err, 'HF_SOURCE_UNREACHABLE') && !hasCode(err, 'HF_SOURCE_DISCONNECTED')) throw err;
-            if (i >= (this.#opts.retries ?? 5)) throw this.#gaveUp(err);
-            wait *= 2;
-          }
-        }
-      } finally {
-        this.#reconnecting = null;
-      }
-    })();
-    return this.#reconnecting;
-  }
-
-  #gaveUp(err: unknown): HoldfastError {
-    return new HoldfastError('HF_SOURCE_DISCONNECTED',
-      `${this.location}: the connection dropped and ${this.#opts.retries ?? 5} attempts to re-establish it failed; check the server and the network, then run the backup again`,
-      { cause: err });
+  /** Runs fn on the current client; reconnects and retries while the connection drops (Reconnector.run). */
+  #retry<T>(fn: (c: SmbClient) => Promise<T>): Promise<T> {
+    return this.#conn.run(fn, retriable, isProtocolError);
   }
 
   async #linkTarget(c: SmbClient, id: Buffer): Promise<Buffer | null> {
@@ -284,8 +259,20 @@ export class SmbSource implements Source {
   }
 }
 
-function retriable(err: unknown): boolean {
+function isProtocolError(err: unknown): boolean {
+  return hasCode(err, 'HF_SOURCE_PROTOCOL');
+}
+
+/**
+ * Worth a reconnect and another try: the connection dropped, the server
+ * ended the session, or the connection was ended because a response failed
+ * its integrity check (a transient wire fault: every request in flight on
+ * it fails so). A malformed answer about one path on a connection that goes
+ * on is not retried.
+ */
+function retriable(err: unknown, c: SmbClient): boolean {
   if (hasCode(err, 'HF_SOURCE_DISCONNECTED')) return true;
+  if (isProtocolError(err) && c.closed) return true;
   return err instanceof SmbStatusError && statusIsSessionLoss(err.status);
 }
 
@@ -343,7 +330,11 @@ export function chooseSnapshot(tokens: readonly string[], want: 'latest' | Date,
   const sorted = [...tokens].sort((a, b) => tokenTime(b) - tokenTime(a));
   const pick = want === 'latest' ? sorted[0] : sorted.find((t) => tokenTime(t) <= want.getTime());
   if (!pick) {
-    const have = sorted.length ? `it has ${sorted.slice(0, 5).join(', ')}${sorted.length > 5 ? ', …' : ''}` : 'it has none (is shadow_copy2 or Volume Shadow Copy set up?)';
+    if (sorted.length === 0) {
+      throw new HoldfastError('HF_SOURCE_SNAPSHOT_NOT_FOUND',
+        `${where}: the share has no previous versions (is Volume Shadow Copy, or Samba's shadow_copy2, set up for it?)`);
+    }
+    const have = `it has ${sorted.slice(0, 5).join(', ')}${sorted.length > 5 ? ', …' : ''}`;
     throw new HoldfastError('HF_SOURCE_SNAPSHOT_NOT_FOUND',
       `${where} has no previous version ${want === 'latest' ? '' : `at or before ${want.toISOString()} `}to read; ${have}`);
   }
