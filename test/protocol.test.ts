@@ -265,7 +265,7 @@ t.test('FrameDecoder: whole, byte by byte and random splits give the same frames
   const enc = Buffer.concat(encodeJson(FrameType.REQUEST, FLAG_END, 7, { op: 'STAT' }));
   t.same(enc.subarray(0, HEADER_SIZE), Buffer.from([0, 0, 0, 13, 3, 1, 0, 0, 0, 7]), 'the 10-byte header: length, type, flags, stream (big-endian)');
   const [f] = new FrameDecoder().push(enc);
-  t.same({ ...f, payload: f!.payload.toString() }, { type: 3, flags: 1, stream: 7, payload: '{"op":"STAT"}' }, 'encodeJson round-trips');
+  t.same({ type: f!.type, flags: f!.flags, stream: f!.stream, length: f!.length, payload: f!.payload.toString() }, { type: 3, flags: 1, stream: 7, length: 13, payload: '{"op":"STAT"}' }, 'encodeJson round-trips');
   const empty = new FrameDecoder().push(Buffer.concat(encodeFrame(FrameType.CANCEL, 0, 0xffffffff)));
   t.equal(empty.length, 1, 'an empty payload is a frame');
   t.equal(empty[0]!.stream, 0xffffffff, 'stream ids use all 32 bits');

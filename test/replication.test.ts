@@ -197,6 +197,7 @@ t.test('failover: the first of two front-ends killed mid-transfer; replication f
   const repo = big;
   await ok(['target', 'add', '--repo', repo, 'ha', '--endpoint', `127.0.0.1:${p1.port},127.0.0.1:${p2.port}`, ...tlsFlags]);
   const child = startCli(['--json', 'replicate', '--repo', repo, '--target', 'ha'], env);
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   const done = finish(child);
   let killedAt = 0;
   while (killedAt === 0) {
@@ -228,6 +229,7 @@ t.test('resume: the client killed mid-pack; the next run resumes at the offsets 
   t.teardown(() => p.close());
   await ok(['target', 'add', '--repo', big, 'resume', '--endpoint', `127.0.0.1:${p.port}`, ...tlsFlags]);
   const child = startCli(['--json', 'replicate', '--repo', big, '--target', 'resume'], env);
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
   const done = finish(child);
   while (p.toServer < bigBytes * 0.4 && child.exitCode === null) await new Promise((resolve) => setTimeout(resolve, 5));
   child.kill('SIGKILL');

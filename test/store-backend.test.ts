@@ -1,5 +1,7 @@
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import t, { type Test } from 'tap';
@@ -244,51 +246,49 @@ t.test('list pages with after and limit, in name order', async (t) => {
   t.same(await b.list('nobody', 'pack', undefined, 5), { files: [], more: false }, 'a tenant with no directory yet: empty');
 });
 
-t.test('two uploads of the same file interleaved (two front-ends) both commit correctly', async (t) => {
+t.test('one upload owns its partial file: a second upload of the same file is HF_STORE_BUSY until the first ends; a dead owner\'s file is taken over', async (t) => {
   const { backend: b, dir } = await newBackend(t);
-  // two backends on one directory: two store processes
+  // two backends on one directory: two store front-ends
   const b2 = new FsStoreBackend(dir);
   t.teardown(() => b2.close());
   const data = randomBytes(1 << 20);
   const name = sha(data);
-  const piece = 64 << 10;
 
   const u1 = await b.openUpload('acme', 'pack', name, name);
-  const u2 = await b2.openUpload('acme', 'pack', name, name);
-  t.equal(u1.stored, 0);
-  t.equal(u2.stored, 0);
-  // the first front-end sends the even pieces then stalls; the second (a resumed client) sends everything, overlapping
-  const writes: Promise<void>[] = [];
-  for (let off = 0, i = 0; off < data.length; off += piece, i++) {
-    if (i % 2 === 0) writes.push(u1.write([data.subarray(off, off + piece)], off));
-    writes.push(u2.write([data.subarray(off, off + piece)], off));
-  }
-  await Promise.all(writes);
-  // both commit at once
-  const [r1, r2] = await Promise.allSettled([u1.commit(data.length), u2.commit(data.length)]);
-  t.equal(r1.status, 'fulfilled', 'the first front-end\'s commit resolves', { reason: r1.status === 'rejected' ? String(r1.reason) : undefined });
-  t.equal(r2.status, 'fulfilled', 'and the second\'s', { reason: r2.status === 'rejected' ? String(r2.reason) : undefined });
+  await t.rejects(b2.openUpload('acme', 'pack', name, name), { code: 'HF_STORE_BUSY' }, 'a second upload of the same file is refused while the first is open');
+  await t.rejects(b.openUpload('acme', 'pack', name, name), { code: 'HF_STORE_BUSY' }, 'also on the same front-end (two streams of one connection)');
+  await u1.write([data.subarray(0, 300_000)], 0);
+  t.equal(await b2.partial('acme', 'pack', name, name), 300_000, 'HAVE sees the upload in progress and its length');
   await u1.close();
+  const u2 = await b2.openUpload('acme', 'pack', name, name);
+  t.equal(u2.stored, 300_000, 'after the first ends, the next upload takes over its bytes');
+  await u2.write([data.subarray(300_000)], 300_000);
+  await u2.commit(data.length, sha(data));
   await u2.close();
   t.same(await b.read('acme', 'pack', name, 0, data.length), data, 'the file is complete and byte-identical');
-  t.same(await b2.read('acme', 'pack', name, 0, data.length), data, 'seen alike from both front-ends');
-  t.equal(await b.partial('acme', 'pack', name, name), null, 'no partial file left');
-  t.same(files(path.join(dir, 'tenants', 'acme', 'partial')), [], 'partial/ is empty');
-  t.same((await b2.list('acme', 'pack', undefined, 10)).files, [{ name, size: data.length }], 'listed once');
+  t.same(files(path.join(dir, 'tenants', 'acme', 'partial')), [], 'no partial file left');
 
-  // a stale upload that committed later, after the file was visible
+  // An upload claimed by a process that died (a killed front-end) is taken over at once.
   const other = randomBytes(200_000);
   const on = sha(other);
-  const s1 = await b.openUpload('acme', 'pack', on, on);
-  const s2 = await b2.openUpload('acme', 'pack', on, on);
-  await s1.write([other.subarray(0, 150_000)], 0);
-  await s2.write([other.subarray(100_000)], 100_000);
-  await s2.commit(other.length);
-  await s2.close();
-  t.same(await b.read('acme', 'pack', on, 0, other.length), other, 'committed by the second front-end');
-  await s1.write([other.subarray(150_000)], 150_000); // the same bytes, late
-  await s1.commit(other.length);
-  await s1.close();
-  t.same(await b2.read('acme', 'pack', on, 0, other.length), other, 'the late, stale upload commits too and leaves the file intact');
-  t.same(files(path.join(dir, 'tenants', 'acme', 'partial')), [], 'and no partial file');
+  const partialDir = path.join(dir, 'tenants', 'acme', 'partial');
+  const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  const host = os.hostname().replace(/[^A-Za-z0-9-]/g, '_').slice(0, 64) || 'host';
+  fs.writeFileSync(path.join(partialDir, `pack-${on}-${on}.active.${host}.${dead.stdout}.0badf00d`), other.subarray(0, 120_000));
+  t.equal(await b.partial('acme', 'pack', on, on), 120_000, 'HAVE reports the dead front-end\'s bytes');
+  const u3 = await b.openUpload('acme', 'pack', on, on);
+  t.equal(u3.stored, 120_000, 'and a new upload resumes from them');
+  await u3.write([other.subarray(120_000)], 120_000);
+  await u3.commit(other.length);
+  await u3.close();
+  t.same(await b2.read('acme', 'pack', on, 0, other.length), other, 'committed byte-identical');
+  t.same(files(partialDir), [], 'and no partial file');
+
+  // A live owner on this host is never taken over, however old its file.
+  const third = randomBytes(10_000);
+  const tn = sha(third);
+  const live = path.join(partialDir, `pack-${tn}-${tn}.active.${host}.${process.pid}.0badf00d`);
+  fs.writeFileSync(live, third.subarray(0, 5000));
+  fs.utimesSync(live, new Date(0), new Date(0));
+  await t.rejects(b.openUpload('acme', 'pack', tn, tn), { code: 'HF_STORE_BUSY' }, 'a live owner keeps its upload');
 });

@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import { HoldfastError } from '../appliance/errors/index.ts';
 import { issueCertificate, revokeCertificate } from '../appliance/pki/index.ts';
 import {
-  ALPN, FLAG_END, type Frame, FrameDecoder, FrameType, MAX_PAYLOAD, encodeFrame, encodeJson, frameHeader, parseRequest, parseWireError,
+  ALPN, FLAG_END, type Frame, FrameDecoder, FrameType, MAX_PAYLOAD, PUT_WINDOW, encodeFrame, encodeJson, frameHeader, parseRequest, parseWireError,
 } from '../appliance/protocol/index.ts';
 import { type ClientTls, type Endpoint, StoreConnection } from '../appliance/replication/store-connection.ts';
 import { cli } from './helpers/cli.ts';
@@ -715,4 +715,78 @@ t.test('fuzz: 100,000+ malformed frames against a real store, which keeps servin
   t.ok(alive(store) && store.pid === pid, `the store process ${pid} is alive, never restarted`);
   t.same(suspect(), [], 'no uncaught exception, stack trace or HF_IO error in its stderr');
   t.comment(`fuzz test total ${((performance.now() - started) / 1000).toFixed(1)} s`);
+});
+
+/** Waits for the next frame on a Raw connection matching the predicate. */
+function nextFrame(raw: Raw, match: (f: Frame) => boolean, ms = 10_000): Promise<Frame> {
+  const found = raw.frames.findIndex(match);
+  if (found >= 0) return Promise.resolve(raw.frames.splice(found, 1)[0]!);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { raw.onFrame = null; reject(new Error('no such frame in time')); }, ms);
+    raw.onFrame = (f) => {
+      if (match(f)) { clearTimeout(timer); raw.onFrame = null; resolve(f); } else raw.frames.push(f);
+    };
+  });
+}
+
+const request = (id: number, body: Record<string, unknown>) => Buffer.concat(encodeJson(FrameType.REQUEST, 0, id, body));
+const data = (id: number, bytes: Buffer, end: boolean) => Buffer.concat(encodeFrame(FrameType.DATA, end ? FLAG_END : 0, id, bytes));
+
+t.test('an appliance cannot write into a file another stream is uploading or has stored; a lying offset does not dodge the quota; DATA without window ends the connection', async (t) => {
+  const root = tmpDir(t);
+  const pki = await makePki(path.join(root, 'pki'), ['acme']);
+  const store = await startStore(t, { dir: path.join(root, 'store'), pki, quota: '300KiB' });
+  const raw = new Raw(store.port, creds(pki, 'acme'));
+  t.teardown(() => raw.socket.destroy());
+  await raw.ready();
+  await raw.write(HELLO);
+  await nextFrame(raw, (f) => f.type === FrameType.WELCOME);
+
+  const good = randomBytes(100_000);
+  const name = sha(good);
+  const put = { op: 'PUT', type: 'pack', name, size: good.length, digest: name, offset: 0 };
+  await raw.write(request(1, put));
+  const ready = await nextFrame(raw, (f) => f.stream === 1);
+  t.equal(ready.type, FrameType.RESPONSE, 'stream 1 may upload');
+  await raw.write(request(3, put));
+  const busy = await nextFrame(raw, (f) => f.stream === 3);
+  t.equal(busy.type, FrameType.ERROR, 'a second stream uploading the same file is refused');
+  t.equal(JSON.parse(busy.payload.toString()).code, 'HF_STORE_BUSY', 'with HF_STORE_BUSY');
+  await raw.write(data(1, good, true));
+  const done = await nextFrame(raw, (f) => f.stream === 1);
+  t.ok(done.type === FrameType.RESPONSE && (done.flags & FLAG_END) !== 0, 'stream 1 stores the file');
+  // Now try to overwrite it: a new PUT of the stored file is answered at once, and DATA for it goes nowhere.
+  await raw.write(request(5, put));
+  const again = await nextFrame(raw, (f) => f.stream === 5);
+  t.ok(again.type === FrameType.RESPONSE && (again.flags & FLAG_END) !== 0, 'a PUT of a stored file ends at once');
+  await raw.write(data(5, Buffer.alloc(good.length), true));
+  await raw.write(Buffer.concat(encodeFrame(FrameType.PING, 0, 0, Buffer.alloc(8))));
+  await nextFrame(raw, (f) => f.type === FrameType.PONG);
+  t.same(fs.readFileSync(path.join(root, 'store', 'tenants', 'acme', 'data', name.slice(0, 2), name)), good, 'the stored file is unchanged (the zeros went nowhere)');
+
+  // Quota: 300 KiB, 100 KB used. A 400 KB file claimed to start at its end is still charged in full.
+  const big = randomBytes(400_000);
+  const bn = sha(big);
+  await raw.write(request(7, { op: 'PUT', type: 'pack', name: bn, size: big.length, digest: bn, offset: big.length }));
+  const q = await nextFrame(raw, (f) => f.stream === 7);
+  t.equal(q.type, FrameType.ERROR, 'the lying offset is refused');
+  t.equal(JSON.parse(q.payload.toString()).code, 'HF_STORE_QUOTA_EXCEEDED', 'with HF_STORE_QUOTA_EXCEEDED');
+
+  // Flow control: DATA the store has granted no window for (before it accepted the PUT) ends this connection only.
+  const open = await startStore(t, { dir: path.join(root, 'store2'), pki });
+  raw.socket.destroy();
+  const flowRaw = new Raw(open.port, creds(pki, 'acme'));
+  t.teardown(() => flowRaw.socket.destroy());
+  await flowRaw.ready();
+  await flowRaw.write(HELLO);
+  await nextFrame(flowRaw, (f) => f.type === FrameType.WELCOME);
+  const sn = sha(randomBytes(32));
+  flowRaw.socket.write(Buffer.concat([request(9, { op: 'PUT', type: 'pack', name: sn, size: 8 << 20, digest: sn, offset: 0 }), data(9, Buffer.alloc(1 << 20), false)]));
+  const bye = await nextFrame(flowRaw, (f) => f.type === FrameType.GOAWAY).catch(() => null);
+  t.ok(bye, 'GOAWAY');
+  t.equal(bye && JSON.parse(bye.payload.toString()).code, 'HF_PROTO_FLOW', 'with HF_PROTO_FLOW');
+  await flowRaw.closed;
+  const other = await connect(t, open, creds(pki, 'acme'));
+  t.ok((await other.ping()) >= 0, 'the store goes on serving');
+  t.ok(alive(open) && alive(store), 'and is alive');
 });

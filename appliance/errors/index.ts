@@ -53,6 +53,7 @@ export const ErrorCodes = {
   HF_STORE_EXISTS: 'the store holds a different file under that name',
   HF_STORE_BAD_OFFSET: 'a resumed upload does not start where the store\'s partial file ends',
   HF_STORE_QUOTA_EXCEEDED: 'the tenant\'s quota on the store would be exceeded',
+  HF_STORE_BUSY: 'another connection is uploading the same file to the store',
   HF_STORE_READ_ONLY: 'a store opened for reading was asked to write',
   HF_STORE_TENANT_NOT_FOUND: 'the store has no data for the tenant',
   HF_TLS_REFUSED: 'the TLS handshake failed (certificate unknown, expired, revoked or of the wrong kind)',

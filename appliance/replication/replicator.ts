@@ -183,13 +183,24 @@ export async function replicate(storage: Storage, client: TargetClient, options:
       progress('sending');
       await forEachLimit(send, options.concurrency ?? 4, async ({ file, offset }) => {
         if (conn.closed) throw new HoldfastError('HF_TARGET_UNREACHABLE', 'connection lost', {});
-        let r: { start: number; sent: number; existed: boolean };
+        let r: { start: number; sent: number; existed: boolean } | null = null;
         try {
-          r = await conn.put(file, offset, async (pos, into) => {
-            await storage.load(file.type, file.name, pos, into.length, into);
-            progressBytes += into.length;
-            progress('sending');
-          }, options.limiter, signal, options.frameCap?.());
+          // A file another connection is still uploading (HF_STORE_BUSY, e.g. a front-end that is
+          // dying) is asked for again a few times; bytes the store rejected (digest) are sent once more from 0.
+          for (let attempt = 0, from = offset; r === null; attempt++) {
+            try {
+              r = await conn.put(file, from, async (pos, into) => {
+                await storage.load(file.type, file.name, pos, into.length, into);
+                progressBytes += into.length;
+                progress('sending');
+              }, options.limiter, signal, options.frameCap?.());
+            } catch (err) {
+              const code = errorCode(err);
+              if (code === 'HF_STORE_BUSY' && attempt < 10) await new Promise((resolve) => setTimeout(resolve, 1000));
+              else if (code === 'HF_STORE_DIGEST_MISMATCH' && attempt < 1) from = 0;
+              else throw err;
+            }
+          }
         } catch (err) {
           if (errorCode(err) === 'HF_STORAGE_NOT_FOUND') {
             vanished++; // pruned while we worked: nothing to send, and nothing the store needs
@@ -199,10 +210,10 @@ export async function replicate(storage: Storage, client: TargetClient, options:
           }
           throw err;
         }
-        if (r.existed) {
+        if (r!.existed) {
           present++;
         } else {
-          resumed += r.start;
+          resumed += r!.start;
           bytes += file.size;
           sentFiles++;
         }
@@ -219,8 +230,13 @@ export async function replicate(storage: Storage, client: TargetClient, options:
       for (const type of DELETE_ORDER) {
         for (const f of await listRemote(conn, type)) {
           if (local.has(`${type}/${f.name}`) && !gone.has(`${type}/${f.name}`)) continue;
-          // Still in the repository (a file written since the run began) is never deleted.
-          if (await storage.stat(type, f.name).then(() => true, () => false)) continue;
+          // Still in the repository (a file written since the run began) is never deleted;
+          // and only a file the repository positively lacks is (an I/O error stops the run).
+          const present = await storage.stat(type, f.name).then(() => true, (err: unknown) => {
+            if (errorCode(err) === 'HF_STORAGE_NOT_FOUND') return false;
+            throw err;
+          });
+          if (present) continue;
           await conn.request({ op: 'DELETE', type, name: f.name });
           deleted++;
         }

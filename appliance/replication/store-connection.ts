@@ -355,8 +355,14 @@ export class StoreConnection {
     const started = performance.now();
     const payload = randomBytes(8);
     if (this.#dead) throw this.#dead;
+    const key = payload.toString('hex');
     await new Promise<void>((resolve) => {
-      this.#pings.set(payload.toString('hex'), resolve);
+      const timer = setTimeout(() => {
+        this.#pings.delete(key);
+        this.#kill(new HoldfastError('HF_PROTO_TIMEOUT', `${endpointText(this.endpoint)}: no answer to PING for ${DEAD_AFTER_MS / 1000} s`));
+        resolve();
+      }, DEAD_AFTER_MS);
+      this.#pings.set(key, () => { clearTimeout(timer); resolve(); });
       this.#send(encodeFrame(FrameType.PING, 0, 0, payload));
     });
     if (this.#dead) throw this.#dead;

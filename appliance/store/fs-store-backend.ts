@@ -1,17 +1,21 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 
 import { Hasher } from '../../native/index.ts';
 import { HoldfastError, errorCode, ioError } from '../errors/index.ts';
-import type { ReplicatedType } from '../protocol/index.ts';
+import { type ReplicatedType, contentAddressed } from '../protocol/index.ts';
 import { LocalStorage, filePath, syncDir, validName } from '../storage/index.ts';
 import type { StoreBackend, StoredFile, TenantUsage, TrashEntry, Upload } from './store-backend.ts';
 
 export const TENANT_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const TRASH_ENTRY = /^(\d{13})-([0-9a-f]{8})-(config|key|pack|index|snapshot)-(.+)$/;
 const HASH_PIECE = 4 << 20;
+const HOST = os.hostname().replace(/[^A-Za-z0-9-]/g, '_').slice(0, 64) || 'host';
+/** An upload claimed by a front-end on another host and not written for this long is taken over. */
+const ABANDONED_AFTER_MS = 180_000;
 /** How long a usage figure is reused before the tenant's directory is walked again. */
 const USAGE_TTL_MS = 10_000;
 
@@ -51,6 +55,21 @@ export class FsStoreBackend implements StoreBackend {
     }
   }
 
+  readonly #durableDirs = new Set<string>();
+
+  /** mkdir -p, fsyncing each parent that gained an entry, so a committed file's path survives a crash. */
+  async #mkdirDurable(dir: string): Promise<void> {
+    if (this.#durableDirs.has(dir)) return;
+    const missing: string[] = [];
+    for (let d = dir; d.startsWith(this.location) && d !== this.location; d = path.dirname(d)) {
+      if (await fsp.stat(d).then(() => true, () => false)) break;
+      missing.push(d);
+    }
+    await fsp.mkdir(dir, { recursive: true });
+    for (const d of missing) await syncDir(path.dirname(d));
+    this.#durableDirs.add(dir);
+  }
+
   #tenantDir(tenant: string): string {
     assertTenant(tenant);
     return path.join(this.location, 'tenants', tenant);
@@ -86,34 +105,98 @@ export class FsStoreBackend implements StoreBackend {
   }
 
   async partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null> {
+    const parked = this.#partialPath(tenant, type, name, digest);
     try {
-      return (await fsp.stat(this.#partialPath(tenant, type, name, digest))).size;
+      return (await fsp.stat(parked)).size;
     } catch (err) {
-      if (errorCode(err) === 'ENOENT') return null;
-      throw ioError(`cannot stat the upload of ${type} ${name} of tenant ${tenant}`, err);
+      if (errorCode(err) !== 'ENOENT') throw ioError(`cannot stat the upload of ${type} ${name} of tenant ${tenant}`, err);
     }
+    // An upload in progress (or left by a front-end that died): its length is where a PUT resumes.
+    let best: number | null = null;
+    for (const a of await this.#active(parked)) best = Math.max(best ?? 0, a.size);
+    return best;
+  }
+
+  /** Claimed (active) partial files of one upload: `<parked>.active.<host>.<pid>.<random>`. */
+  async #active(parked: string): Promise<{ file: string; host: string; pid: number; size: number; mtimeMs: number }[]> {
+    const dir = path.dirname(parked);
+    const prefix = `${path.basename(parked)}.active.`;
+    const names = (await fsp.readdir(dir).catch(() => [] as string[])).filter((n) => n.startsWith(prefix));
+    const out = [];
+    for (const n of names) {
+      const m = /^(.+)\.(\d+)\.[0-9a-f]{8}$/.exec(n.slice(prefix.length));
+      const st = await fsp.stat(path.join(dir, n)).catch(() => null);
+      if (m && st) out.push({ file: path.join(dir, n), host: m[1]!, pid: Number(m[2]), size: st.size, mtimeMs: st.mtimeMs });
+    }
+    return out;
+  }
+
+  /** Whether an active partial file's owner is gone: a dead process on this host, or silent for long elsewhere. */
+  #abandoned(a: { host: string; pid: number; mtimeMs: number }): boolean {
+    if (a.host === HOST) {
+      if (a.pid === process.pid) return false;
+      try {
+        process.kill(a.pid, 0);
+        return false;
+      } catch (err) {
+        return errorCode(err) === 'ESRCH';
+      }
+    }
+    return Date.now() - a.mtimeMs > ABANDONED_AFTER_MS;
   }
 
   async openUpload(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<Upload> {
     const partial = this.#partialPath(tenant, type, name, digest);
     const final = this.#final(tenant, type, name);
     const what = `${type} ${name.slice(0, 16)} of tenant ${tenant}`;
+    // The upload's file is claimed by renaming it to a name only this upload
+    // uses: no two uploads ever write one file, and the file committed is one
+    // no other upload has open (a second PUT of the same file waits: HF_STORE_BUSY).
+    const mine = `${partial}.active.${HOST}.${process.pid}.${randomBytes(4).toString('hex')}`;
     let fh: FileHandle;
     try {
       await fsp.mkdir(path.dirname(partial), { recursive: true });
-      fh = await fsp.open(partial, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      let claimed = await fsp.rename(partial, mine).then(() => true, (err: unknown) => {
+        if (errorCode(err) === 'ENOENT') return false;
+        throw err;
+      });
+      if (!claimed) {
+        const active = await this.#active(partial);
+        for (const a of active.filter((x) => this.#abandoned(x)).sort((x, y) => y.size - x.size)) {
+          if (await fsp.rename(a.file, mine).then(() => true, () => false)) {
+            claimed = true;
+            break;
+          }
+        }
+        if (!claimed && active.some((x) => !this.#abandoned(x))) {
+          throw new HoldfastError('HF_STORE_BUSY', `${what} is being uploaded by another connection; try again when it ends`);
+        }
+      }
+      fh = await fsp.open(mine, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     } catch (err) {
       throw ioError(`cannot open the upload of ${what}`, err);
-    }
-    const stored = (await fh.stat()).size;
+    }    const stored = (await fh.stat()).size;
     let closed = false;
+    let committed = false;
     const close = async () => {
       if (closed) return;
       closed = true;
       await fh.close().catch(() => undefined);
+      if (committed) return;
+      // Park it for a later resume; if another upload parked one meanwhile, keep the longer.
+      const other = await fsp.stat(partial).catch(() => null);
+      const own = await fsp.stat(mine).catch(() => null);
+      if (!own) return;
+      if (other && other.size >= own.size) await fsp.unlink(mine).catch(() => undefined);
+      else await fsp.rename(mine, partial).catch(() => undefined);
     };
     return {
       stored,
+      discard: async () => {
+        committed = true;
+        await close();
+        await fsp.unlink(mine).catch(() => undefined);
+      },
       write: async (parts, position) => {
         try {
           let pending = parts.filter((p) => p.length > 0).map((p) => Buffer.from(p.buffer, p.byteOffset, p.length));
@@ -159,28 +242,32 @@ export class FsStoreBackend implements StoreBackend {
             got = hasher.digest().toString('hex');
           }
           if (got !== digest) {
+            committed = true; // nothing to park: the bytes are wrong
             await close();
-            await fsp.unlink(partial).catch(() => undefined);
+            await fsp.unlink(mine).catch(() => undefined);
             throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
               `${what}: the ${size} bytes received hash to ${got.slice(0, 16)}…, not to the announced ${digest.slice(0, 16)}…; the upload was discarded and will be sent again`);
           }
           await fh.sync();
+          committed = true;
           await close();
-          await fsp.mkdir(path.dirname(final), { recursive: true });
-          const existing = await fsp.stat(final).catch(() => null);
-          let committedByOther = existing !== null;
-          if (committedByOther) {
-            // Another front-end committed the same content first.
-            await fsp.unlink(partial).catch(() => undefined);
-          } else {
-            try {
-              await fsp.rename(partial, final);
-            } catch (err) {
-              // Another front-end renamed the same partial file (same name and digest: the same bytes) just before us.
-              if (errorCode(err) !== 'ENOENT' || (await fsp.stat(final).catch(() => null))?.size !== size) throw err;
-              committedByOther = true;
+          await this.#mkdirDurable(path.dirname(final));
+          // link, not rename: it never replaces a file that is already there.
+          let committedByOther = false;
+          try {
+            await fsp.link(mine, final);
+          } catch (err) {
+            if (errorCode(err) !== 'EEXIST') throw err;
+            committedByOther = true;
+            const there = await fsp.readFile(final).catch(() => null);
+            const same = there !== null && there.length === size &&
+              (contentAddressed(type) || createHash('sha256').update(there).digest('hex') === digest);
+            if (!same) {
+              await fsp.unlink(mine).catch(() => undefined);
+              throw new HoldfastError('HF_STORE_EXISTS', `the store holds a different ${type} ${name}`);
             }
           }
+          await fsp.unlink(mine).catch(() => undefined);
           // The new name is what must survive a crash; a partial entry that reappeared would only be resumed or purged.
           await syncDir(path.dirname(final));
           if (!committedByOther) this.#addUsage(tenant, size);

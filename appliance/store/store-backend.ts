@@ -21,9 +21,12 @@ export interface TrashEntry {
 
 /**
  * An upload being received: bytes at absolute offsets, then verified and
- * made visible. Uploads of the same file (tenant, type, name, digest) share
- * one partial file, also across processes: that is what resume and stateless
- * front-ends rest on.
+ * made visible. One partial file per file (tenant, type, name, digest)
+ * outlives connections and processes: that is what resume and stateless
+ * front-ends rest on. While an upload is open it owns that file alone: a
+ * second openUpload of the same file fails with HF_STORE_BUSY until the first
+ * is closed or its process is gone, so no upload ever writes into bytes
+ * another verified or committed.
  */
 export interface Upload {
   /** Bytes stored so far (the partial file's length when opened). */
@@ -45,6 +48,8 @@ export interface Upload {
    * back and hashed. Committing a file that already exists resolves.
    */
   commit(size: number, hashed?: string): Promise<void>;
+  /** Closes and deletes the partial file (its bytes are known to be wrong). */
+  discard(): Promise<void>;
   /** Releases handles; the partial file stays for a later resume. */
   close(): Promise<void>;
 }

@@ -96,10 +96,13 @@ export class StoreServer {
   }
 
   listen(host: string, port: number): Promise<AddressInfo> {
+    const options = this.#o;
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
       this.#server.listen({ host, port, backlog: 2048 }, () => {
         this.#server.off('error', reject);
+        // After listening, an error (EMFILE on accept) is logged; it must not end the process.
+        this.#server.on('error', (err) => (options.log ?? (() => undefined))({ event: 'server-error', message: err.message }));
         resolve(this.#server.address() as AddressInfo);
       });
     });

@@ -27,6 +27,7 @@ interface PutStream {
   /** SHA-256 of the file so far, fed in order as bytes arrive (one update at a time). */
   hasher: Hasher;
   hashing: Promise<void>;
+  lastWrite: Promise<void>;
   size: number;
   next: number;
   window: number;
@@ -51,10 +52,10 @@ type Stream = PutStream | GetStream | OpStream;
 /** Codes the store passes on as they are; anything else is reported as HF_IO. */
 const WIRE_CODES = new Set([
   'HF_PROTO_MALFORMED', 'HF_PROTO_FRAME_TOO_LARGE', 'HF_PROTO_VERSION', 'HF_PROTO_FLOW', 'HF_PROTO_STREAM', 'HF_PROTO_UNSUPPORTED',
-  'HF_STORE_NOT_FOUND', 'HF_STORE_DIGEST_MISMATCH', 'HF_STORE_EXISTS', 'HF_STORE_BAD_OFFSET', 'HF_STORE_QUOTA_EXCEEDED',
+  'HF_STORE_NOT_FOUND', 'HF_STORE_DIGEST_MISMATCH', 'HF_STORE_EXISTS', 'HF_STORE_BAD_OFFSET', 'HF_STORE_QUOTA_EXCEEDED', 'HF_STORE_BUSY',
   'HF_DISK_FULL', 'HF_IO', 'HF_INVALID_ARGUMENT',
 ]);
-const RETRYABLE = new Set(['HF_DISK_FULL', 'HF_IO', 'HF_STORE_BAD_OFFSET', 'HF_STORE_DIGEST_MISMATCH']);
+const RETRYABLE = new Set(['HF_DISK_FULL', 'HF_IO', 'HF_STORE_BAD_OFFSET', 'HF_STORE_DIGEST_MISMATCH', 'HF_STORE_BUSY']);
 
 /** Stop reading a connection while this many received bytes wait for the disk. */
 const PAUSE_AT = 16 << 20;
@@ -66,6 +67,8 @@ const RESUME_AT = 8 << 20;
  */
 const OUT_PAUSE_AT = 4 << 20;
 const HASH_PIECE = 4 << 20;
+/** Config and key files are a few KiB; anything far larger is not one. */
+const MAX_SMALL_FILE = 1 << 20;
 
 function toWire(err: unknown): WireError {
   const code = errorCode(err);
@@ -96,6 +99,7 @@ export class StoreSession {
   #outPaused = false;
   #maxFrame = MAX_PAYLOAD;
   #pool: FramePool | null = null;
+  #gets = 0;
   readonly #helloTimer: NodeJS.Timeout;
 
   constructor(socket: tls.TLSSocket, tenant: string, settings: SessionSettings) {
@@ -261,7 +265,7 @@ export class StoreSession {
       return;
     }
     if (req.op === 'PUT') {
-      const st: PutStream = { kind: 'put', upload: null, hasher: new Hasher(), hashing: Promise.resolve(), size: req.size, next: 0, window: 0, writes: new Set(), receiving: false, failed: false };
+      const st: PutStream = { kind: 'put', upload: null, hasher: new Hasher(), hashing: Promise.resolve(), lastWrite: Promise.resolve(), size: req.size, next: 0, window: 0, writes: new Set(), receiving: false, failed: false };
       this.#streams.set(id, st);
       this.#put(id, st, req).catch((err: unknown) => { if (this.#streams.get(id) === st) this.#error(id, err); });
     } else if (req.op === 'GET') {
@@ -329,13 +333,8 @@ export class StoreSession {
       return;
     }
     if (req.offset > req.size) throw new HoldfastError('HF_PROTO_MALFORMED', `PUT: offset ${req.offset} is past the size ${req.size}`);
-    if (this.#s.quota !== null) {
-      const u = await b.usage(t);
-      const used = u.bytes + u.partialBytes + u.trashBytes;
-      if (used + req.size - req.offset > this.#s.quota) {
-        throw new HoldfastError('HF_STORE_QUOTA_EXCEEDED',
-          `tenant ${t} uses ${used} of its ${this.#s.quota} bytes on store ${this.#s.store}; ${req.type} ${req.name.slice(0, 16)} (${req.size} bytes) does not fit. Ask the store's operator for more quota, or forget and prune old snapshots.`);
-      }
+    if (!contentAddressed(req.type) && req.size > MAX_SMALL_FILE) {
+      throw new HoldfastError('HF_PROTO_MALFORMED', `PUT: a ${req.type} file of ${req.size} bytes is larger than any Holdfast writes`);
     }
     const upload = await b.openUpload(t, req.type, req.name, req.digest);
     if (this.#streams.get(id) !== st) {
@@ -343,11 +342,22 @@ export class StoreSession {
       return;
     }
     if (upload.stored > req.size) {
-      await upload.close();
-      throw new HoldfastError('HF_STORE_BAD_OFFSET', `the store's partial ${req.type} ${req.name.slice(0, 16)} is longer than the file`);
+      await upload.discard();
+      throw new HoldfastError('HF_STORE_BAD_OFFSET', `the store's partial ${req.type} ${req.name.slice(0, 16)} was longer than the file; it was discarded, send it again`);
+    }
+    const start = Math.min(upload.stored, req.offset);
+    if (this.#s.quota !== null) {
+      // Charged for what will really arrive (from where the store starts), not for the offset the client claims.
+      const u = await b.usage(t);
+      const used = u.bytes + u.partialBytes + u.trashBytes - upload.stored;
+      if (used + req.size > this.#s.quota) {
+        await upload.close();
+        throw new HoldfastError('HF_STORE_QUOTA_EXCEEDED',
+          `tenant ${t} uses ${used} of its ${this.#s.quota} bytes on store ${this.#s.store}; ${req.type} ${req.name.slice(0, 16)} (${req.size} bytes) does not fit. Ask the store's operator for more quota, or forget and prune old snapshots.`);
+      }
     }
     st.upload = upload;
-    st.next = Math.min(upload.stored, req.offset);
+    st.next = start;
     // The part stored by earlier connections is hashed from disk; the rest as it arrives.
     for (let at = 0; at < st.next;) {
       const n = Math.min(HASH_PIECE, st.next - at);
@@ -393,7 +403,12 @@ export class StoreSession {
       const parts = f.parts;
       st.hashing = st.hashing.then(() => st.hasher.update(parts));
       st.hashing.catch(() => undefined); // awaited (and reported) in #finish
-      const w: Promise<void> = st.upload!.write(parts, pos).then(
+      const hashed = st.hashing;
+      // Writes of one upload go one after another, so the partial file is
+      // always a prefix of the file (a killed front-end leaves no hole), and
+      // window is given back only for bytes both written and hashed.
+      const previous = st.lastWrite;
+      const w: Promise<void> = previous.then(() => st.upload!.write(parts, pos)).then(() => hashed).then(
         () => {
           st.writes.delete(w);
           this.#written(len);
@@ -413,6 +428,7 @@ export class StoreSession {
           }
         },
       );
+      st.lastWrite = w.catch(() => undefined);
       st.writes.add(w);
     }
     if (f.flags & FLAG_END) {
@@ -456,6 +472,17 @@ export class StoreSession {
     this.#respond(id, { size, offset, length }, false);
     this.#pool ??= new FramePool(this.#maxFrame, 4);
     const pool = this.#pool;
+    this.#gets++;
+    try {
+      await this.#sendRange(id, st, req, offset, length, pool);
+    } finally {
+      // An idle connection holds no frame buffers.
+      if (--this.#gets === 0) this.#pool = null;
+    }
+  }
+
+  async #sendRange(id: number, st: GetStream, req: Extract<Request, { op: 'GET' }>, offset: number, length: number, pool: FramePool): Promise<void> {
+    const b = this.#s.backend;
     let sent = 0;
     do {
       while (st.credit === 0 && !st.cancelled) await new Promise<void>((resolve) => { st.wake = resolve; });
