@@ -7,7 +7,12 @@ export type ReplicatedType = (typeof REPLICATED_TYPES)[number];
 
 export const MAX_HAVE = 1000;
 export const MAX_LIST = 5000;
-export const PUT_WINDOW = 4 << 20;
+/**
+ * Bytes of one upload the store accepts ahead of writing and hashing them.
+ * It also bounds what a front-end that dies can lose per upload: with the
+ * client's 4 uploads in flight, at most 8 MiB is sent again after a failover.
+ */
+export const PUT_WINDOW = 2 << 20;
 export const MAX_GET_WINDOW = 16 << 20;
 
 export interface FileRef {
