@@ -1,1 +1,2 @@
 export { Semaphore } from './semaphore.ts';
+export { forEachLimit } from './for-each-limit.ts';

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 
 import { HoldfastError, errorCode } from '../errors/index.ts';
+import { forEachLimit } from '../limits/index.ts';
 import { MAX_HAVE, MAX_LIST, type HaveState, type ReplicatedType, contentAddressed } from '../protocol/index.ts';
 import type { Storage } from '../storage/index.ts';
 import type { Limiter, StoreConnection } from './store-connection.ts';
@@ -112,23 +113,6 @@ export async function listRemote(conn: StoreConnection, type: ReplicatedType): P
     if (r.more !== true || files.length === 0) return out;
     after = out.at(-1)!.name;
   }
-}
-
-async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed: unknown = null;
-  const worker = async () => {
-    while (failed === null && next < items.length) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failed !== null) throw failed;
 }
 
 /**

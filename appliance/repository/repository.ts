@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 
 import { BufferPool, Chunker, Sealer, SizedPools, deriveGearTable, sealBlobSize, sealBlobsSize, sha256 } from '../../native/index.ts';
 import { HoldfastError, hasCode } from '../errors/index.ts';
+import { forEachLimit } from '../limits/index.ts';
 import { LocalStorage, type Storage } from '../storage/index.ts';
 import { DEFAULT_CHUNKER, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE, type RepoConfig, parseConfig } from './config.ts';
 import { MAX_FILE_PLAIN, sealFile, openFile } from './envelope.ts';
@@ -497,11 +498,5 @@ export class RepositoryWriter {
 }
 
 /** Runs fn over items with at most `limit` in flight. */
-export async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
+export { forEachLimit };
 
