@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Test } from 'tap';
 
 import { startSshd } from '../helpers/sshd.ts';
+import { fileDigest } from '../helpers/tree.ts';
 import { type Pki, makePki, startStore } from '../helpers/store.ts';
 import type { LoadConfig } from './conn-load.ts';
 import { emit, heading, mib, note, passMark, ratio, round, say, secs, table } from './report.ts';
@@ -196,22 +197,6 @@ function filesUnder(dir: string, skip: RegExp): Map<string, number> {
 /** The repository's files that replication moves: everything but locks, tmp and the appliance-local replication state. */
 const repoFiles = (repo: string) => filesUnder(repo, /^(locks|tmp|replication)(\/|$)/);
 
-const hashBuffer = Buffer.allocUnsafe(8 * MiB);
-function sha256File(file: string): string {
-  const h = createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    for (;;) {
-      const n = fs.readSync(fd, hashBuffer, 0, hashBuffer.length, null);
-      if (n === 0) break;
-      h.update(hashBuffer.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
 /** Names that are the SHA-256 of the file's bytes (packs, index files, snapshots). */
 const CONTENT_ADDRESSED = /^(?:data\/[0-9a-f]{2}|index|snapshots)\/([0-9a-f]{64})$/;
 
@@ -231,8 +216,8 @@ function verifyTenant(repo: string, want: Map<string, number>, tenantDir: string
   for (const [rel, size] of want) {
     if (got.get(rel) !== size) throw new BenchError(`${rel}: ${got.get(rel)} bytes at the store, ${size} in the repository`);
     const m = CONTENT_ADDRESSED.exec(rel);
-    const expected = m ? m[1]! : sha256File(path.join(repo, rel));
-    const actual = sha256File(path.join(tenantDir, rel));
+    const expected = m ? m[1]! : fileDigest(path.join(repo, rel));
+    const actual = fileDigest(path.join(tenantDir, rel));
     if (actual !== expected) throw new BenchError(`${rel}: the store's copy hashes to ${actual}, expected ${expected}`);
   }
 }

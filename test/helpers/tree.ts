@@ -141,7 +141,8 @@ export function typeOf(st: fs.Stats | fs.BigIntStats): string {
   return 'socket';
 }
 
-function fileDigest(p: Buffer): string {
+/** SHA-256 of a file's bytes, in hex (read in 1 MiB pieces). */
+export function fileDigest(p: string | Buffer): string {
   const h = createHash('sha256');
   const fd = fs.openSync(p, 'r');
   const buf = Buffer.allocUnsafe(1 << 20);
