@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 
 import { type BackupWarning, PROGRAM, backup } from '../backup/index.ts';
-import { Catalog } from '../catalog/index.ts';
+import type { Catalog } from '../catalog/index.ts';
 import { HoldfastError, errorCode } from '../errors/index.ts';
 import { check, forget, prune } from '../maintenance/index.ts';
 import { Repository, removeLocks, shortId } from '../repository/index.ts';
@@ -190,6 +190,8 @@ export async function main(argv: string[]): Promise<number> {
       let catalog: Catalog | null = null;
       try {
         await repo.loadIndex();
+        // sqlite3 is loaded by the commands that use the catalog only
+        const { Catalog } = await import('../catalog/index.ts');
         catalog = await Catalog.open(cacheDir(g), repo.id);
         await catalog.sync(repo);
         const { snapshots } = await listSnapshots(repo);

@@ -4,14 +4,9 @@ import net from 'node:net';
 import path from 'node:path';
 
 import { HoldfastError, errorCode, ioError } from '../errors/index.ts';
+import { CERTIFICATE_NAME, type CertificateKind } from './certificate-names.ts';
 import { readPem, writeFileAtomic } from './pem-file.ts';
 import { webcrypto, x509 } from './x509.ts';
-
-/** What a certificate is for: an appliance is a TLS client, a store a TLS server. */
-export type CertificateKind = 'appliance' | 'store';
-
-/** Certificate names: also the file names NAME.crt and NAME.key. */
-export const CERTIFICATE_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
 /** Names that would collide with the CA's own files. */
 const RESERVED_NAMES = new Set(['ca', 'crl']);

@@ -1,12 +1,18 @@
-export {
-  CERTIFICATE_NAME,
-  initCa,
-  issueCertificate,
-  revokeCertificate,
-  type CertificateKind,
-  type InitCaOptions,
-  type IssueOptions,
-  type IssuedCertificate,
-} from './certificate-authority.ts';
+// The certificate authority's functions load @peculiar/x509 (and its
+// dependencies: about 20 MB of memory and 0.15 s) on first use, not with
+// this module: a store reading a peer's identity or a backup never needs it.
+import type * as Authority from './certificate-authority.ts';
+
+export type { InitCaOptions, IssueOptions, IssuedCertificate } from './certificate-authority.ts';
+export { CERTIFICATE_NAME, type CertificateKind } from './certificate-names.ts';
 export { peerIdentity, type CertificateLike, type PeerIdentity } from './peer-identity.ts';
 export { readPem, type PemKind } from './pem-file.ts';
+
+const authority = (): Promise<typeof Authority> => import('./certificate-authority.ts');
+
+/** See certificate-authority.ts. */
+export const initCa: typeof Authority.initCa = async (...args) => (await authority()).initCa(...args);
+/** See certificate-authority.ts. */
+export const issueCertificate: typeof Authority.issueCertificate = async (...args) => (await authority()).issueCertificate(...args);
+/** See certificate-authority.ts. */
+export const revokeCertificate: typeof Authority.revokeCertificate = async (...args) => (await authority()).revokeCertificate(...args);

@@ -1,5 +1,5 @@
 import { HoldfastError } from '../errors/index.ts';
-import { CERTIFICATE_NAME, type CertificateKind } from './certificate-authority.ts';
+import { CERTIFICATE_NAME, type CertificateKind } from './certificate-names.ts';
 
 /** Who is at the other end of a mutually authenticated connection. */
 export interface PeerIdentity {
