@@ -26,7 +26,7 @@ interface Binding {
   sealBlobs(sealer: object, type: number, plain: Uint8Array, lens: number[], compress: boolean, out: Uint8Array): Promise<Buffer>;
   readFiles(paths: Uint8Array, sizes: number[], out: Uint8Array): Promise<Buffer>;
   openBlobs(sealer: object, sealed: Uint8Array[], aads: Uint8Array, rawLens: number[], out: Uint8Array): Promise<Buffer>;
-  writeFiles(paths: Uint8Array, data: Uint8Array, lens: number[], nums: number[]): Promise<Buffer>;
+  writeFiles(paths: Uint8Array, parts: (Uint8Array | null)[], nums: number[]): Promise<Buffer>;
   open(sealer: object, aad: Uint8Array, sealed: Uint8Array, maxPlain: number, expectId: Uint8Array | null, out: Uint8Array | null): Promise<[Buffer | null, boolean]>;
   sha256(parts: Uint8Array[]): Promise<Buffer>;
   createHasher(): object;
@@ -358,21 +358,34 @@ export function writeFile(path: Uint8Array, data: Uint8Array | null, size: numbe
   return native.writeFile(path, data, size, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
 }
 
+/** One entry of writeFiles: a regular file (data null: a hole of size bytes) or a symlink. */
+export type WriteEntry =
+  | { path: Uint8Array; kind?: 'file'; data: Uint8Array | null; size: number; meta: FileMeta }
+  | { path: Uint8Array; kind: 'symlink'; target: Uint8Array; meta: FileMeta };
+
 /**
- * writeFile for many small files in one job: each gets its data (null: a
- * hole) or an errno name, in order.
+ * writeFile for many small files, and symlinks, in one job. A symlink
+ * replaces a file, link or special file in its place (a directory there is
+ * EISDIR) and gets its owner and times, not following it. Each entry gets
+ * null or an errno name, in order. The data buffers are read in place.
  */
-export async function writeFiles(files: { path: Uint8Array; data: Uint8Array | null; size: number; meta: FileMeta }[]): Promise<(string | null)[]> {
-  const parts: Uint8Array[] = [];
+export async function writeFiles(entries: readonly WriteEntry[]): Promise<(string | null)[]> {
+  const parts: (Uint8Array | null)[] = [];
   const nums: number[] = [];
-  for (const f of files) {
-    if (f.data) parts.push(f.data);
+  const paths: Uint8Array[] = [];
+  for (const f of entries) {
     const m = f.meta;
-    nums.push(f.size, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
+    paths.push(f.path, NUL);
+    if (f.kind === 'symlink') {
+      parts.push(f.target);
+      nums.push(1, f.target.length, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
+    } else {
+      parts.push(f.data);
+      nums.push(0, f.size, m.mode, m.uid, m.gid, m.atime[0], m.atime[1], m.mtime[0], m.mtime[1]);
+    }
   }
-  const recs = await native.writeFiles(Buffer.concat(files.flatMap((f) => [f.path, NUL])), Buffer.concat(parts),
-    files.map((f) => (f.data ? f.data.length : -1)), nums);
-  return files.map((_, i) => {
+  const recs = await native.writeFiles(Buffer.concat(paths), parts, nums);
+  return entries.map((_, i) => {
     const e = recs.readInt32LE(i * 4);
     return e === 0 ? null : ERRNO_NAMES.get(e) ?? `E${e}`;
   });

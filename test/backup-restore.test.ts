@@ -108,6 +108,20 @@ t.test('restore of a subtree, and over an existing target with a symlink planted
   t.same(fs.readdirSync(outside), [], 'nothing was written through the planted symlinks');
   t.ok(fs.lstatSync(planted).isDirectory(), 'the symlink was replaced by the directory');
   t.same(compareTrees(src, path.join(target, src)), [], 'full restore over the old one is identical');
+
+  // Where symlinks go: a regular file (replaced) and a directory (kept, and said).
+  const links = path.join(target, src, 'links');
+  fs.rmSync(path.join(links, 'relative'));
+  fs.writeFileSync(path.join(links, 'relative'), 'old file');
+  fs.rmSync(path.join(links, 'dangling'));
+  fs.mkdirSync(path.join(links, 'dangling'));
+  fs.writeFileSync(path.join(links, 'dangling', 'keep'), 'mine');
+  const third = await restore(repo, r.snapshot, { target });
+  t.equal(fs.readlinkSync(path.join(links, 'relative')), '../data/small.bin', 'a file where a symlink goes is replaced by the link');
+  t.same(third.warnings.map((w) => [w.code, w.path.endsWith('links/dangling'), /a directory is in the way/.test(w.message)]),
+    [['HF_WARN_WRITE', true, true]], 'a directory where a symlink goes: one warning that names it and says why');
+  t.equal(fs.readFileSync(path.join(links, 'dangling', 'keep'), 'utf8'), 'mine', 'the directory in the way is left as it was');
+  t.equal(third.stats.symlinks, again.stats.symlinks - 1, 'every other symlink is restored');
 });
 
 t.test('snapshots of several paths share one root, each under its full path', async (t) => {

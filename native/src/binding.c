@@ -1315,28 +1315,30 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   return job_start(env, &j->base, "holdfast:readfiles");
 }
 
-/* writeFiles: many small files, each written and given its metadata, in one job. */
+/* writeFiles: many small files and symlinks, each written and given its metadata, in one job. */
 typedef struct write_many_job {
   job base;
   char *paths;
   size_t count;
-  const uint8_t *data;
-  int64_t *lens;   /* bytes of data per file; -1: a hole of `size` bytes */
-  int64_t *nums;   /* per file: size, mode, uid, gid, aSec, aNsec, mSec, mNsec */
-  uint8_t *records; /* per file: i32 errno */
+  const uint8_t **data; /* per entry: content or link target; NULL: none (a hole) */
+  size_t *lens;
+  int64_t *nums;        /* per entry: kind, size, mode, uid, gid, aSec, aNsec, mSec, mNsec */
+  uint8_t *records;     /* per entry: i32 errno */
 } write_many_job;
+
+#define WRITE_NUMS 9
+#define WRITE_KIND_FILE 0
+#define WRITE_KIND_LINK 1
 
 static void write_many_exec(job *base) {
   write_many_job *j = (write_many_job *)base;
   const char *path = j->paths;
-  const uint8_t *data = j->data;
   for (size_t i = 0; i < j->count; i++) {
-    const int64_t *v = j->nums + i * 8;
-    hf_meta m = {(uint32_t)v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
-    int64_t len = j->lens[i];
-    int e = hf_write_file(path, len >= 0 ? data : NULL, len >= 0 ? (size_t)len : 0, (uint64_t)v[0], &m);
+    const int64_t *v = j->nums + i * WRITE_NUMS;
+    hf_meta m = {(uint32_t)v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    int e = v[0] == WRITE_KIND_LINK ? hf_write_link(path, j->data[i], j->lens[i], &m)
+                                    : hf_write_file(path, j->data[i], j->lens[i], (uint64_t)v[1], &m);
     put_u32(j->records + i * 4, (uint32_t)e);
-    if (len > 0) data += len;
     path += strlen(path) + 1;
   }
 }
@@ -1352,70 +1354,72 @@ static napi_value write_many_done(napi_env env, job *base) {
 static void write_many_cleanup(job *base) {
   write_many_job *j = (write_many_job *)base;
   free(j->paths);
+  free(j->data);
   free(j->lens);
   free(j->nums);
   free(j->records);
 }
 
-/* writeFiles(paths: NUL-separated bytes, data, lens: number[], nums: number[] (8 per file:
- *   size, mode, uid, gid, atimeSec, atimeNsec, mtimeSec, mtimeNsec)) -> Promise<Buffer>
- *   each file as writeFile (its len bytes of data, back to back; len -1: a
- *   hole); per file an i32 errno. */
+/* writeFiles(paths: NUL-separated bytes, parts: (Uint8Array | null)[], nums: number[] (9 per
+ *   entry: kind, size, mode, uid, gid, atimeSec, atimeNsec, mtimeSec, mtimeNsec)) -> Promise<Buffer>
+ *   kind 0: a regular file as writeFile (its part the content, null: a hole of size bytes);
+ *   kind 1: a symlink as hf_write_link (its part the target). Per entry an i32 errno.
+ *   The parts array is referenced for the job: the caller must not change it. */
 static napi_value write_files(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  uint8_t *paths, *data;
-  size_t paths_len, data_len;
-  bool is_arr = false;
+  napi_value argv[3];
+  uint8_t *paths;
+  size_t paths_len;
+  bool is_arr = false, nums_arr = false;
   uint32_t n = 0, nn = 0;
-  static uint8_t none;
-  if (!get_args(env, info, 4, argv)) return NULL;
+  if (!get_args(env, info, 3, argv)) return NULL;
   if (!get_bytes(env, argv[0], &paths, &paths_len) || paths_len == 0 || paths[paths_len - 1] != 0 ||
-      !get_bytes(env, argv[1], &data, &data_len) || napi_is_array(env, argv[2], &is_arr) != napi_ok || !is_arr)
-    return invalid(env, "writeFiles(paths, data, lens, nums)");
-  CALL(env, napi_get_array_length(env, argv[2], &n));
-  CALL(env, napi_get_array_length(env, argv[3], &nn));
+      napi_is_array(env, argv[1], &is_arr) != napi_ok || !is_arr ||
+      napi_is_array(env, argv[2], &nums_arr) != napi_ok || !nums_arr)
+    return invalid(env, "writeFiles(paths, parts, nums)");
+  CALL(env, napi_get_array_length(env, argv[1], &n));
+  CALL(env, napi_get_array_length(env, argv[2], &nn));
   size_t count = 0;
   for (size_t i = 0; i < paths_len; i++) count += paths[i] == 0;
-  if (count != n || n == 0 || nn != n * 8) return invalid(env, "writeFiles: one len and 8 numbers per path");
+  if (count != n || n == 0 || nn != n * WRITE_NUMS) return invalid(env, "writeFiles: one part and 9 numbers per path");
   NEW_JOB(write_many_job, j);
   j->base.exec = write_many_exec;
   j->base.done = write_many_done;
   j->base.cleanup = write_many_cleanup;
   j->count = n;
   j->paths = malloc(paths_len);
+  j->data = calloc(n, sizeof *j->data);
   j->lens = calloc(n, sizeof *j->lens);
-  j->nums = calloc((size_t)n * 8, sizeof *j->nums);
+  j->nums = calloc((size_t)n * WRITE_NUMS, sizeof *j->nums);
   j->records = calloc(n, 4);
-  if (!j->paths || !j->lens || !j->nums || !j->records) {
+  if (!j->paths || !j->data || !j->lens || !j->nums || !j->records) {
     job_release(env, &j->base);
     return invalid(env, "out of memory");
   }
   memcpy(j->paths, paths, paths_len);
-  size_t total = 0;
-  for (uint32_t i = 0; i < n * 8; i++) {
+  for (uint32_t i = 0; i < n * WRITE_NUMS; i++) {
     napi_value el;
-    if (napi_get_element(env, argv[3], i, &el) != napi_ok || !get_i64(env, el, &j->nums[i])) {
+    if (napi_get_element(env, argv[2], i, &el) != napi_ok || !get_i64(env, el, &j->nums[i])) {
       job_release(env, &j->base);
       return invalid(env, "writeFiles: numbers must be whole");
     }
   }
   for (uint32_t i = 0; i < n; i++) {
     napi_value el;
-    const int64_t *v = j->nums + (size_t)i * 8;
-    if (napi_get_element(env, argv[2], i, &el) != napi_ok || !get_i64(env, el, &j->lens[i]) || j->lens[i] < -1 ||
-        v[0] < 0 || v[1] < 0 || v[1] > 07777 || v[2] < -1 || v[3] < -1 || v[5] < 0 || v[5] > 999999999 ||
-        v[7] < 0 || v[7] > 999999999) {
+    uint8_t *part = NULL;
+    int64_t *v = j->nums + (size_t)i * WRITE_NUMS;
+    if (napi_get_element(env, argv[1], i, &el) != napi_ok ||
+        (!is_nullish(env, el) && !get_bytes(env, el, &part, &j->lens[i])) ||
+        (v[0] != WRITE_KIND_FILE && v[0] != WRITE_KIND_LINK) || (v[0] == WRITE_KIND_LINK && !part) ||
+        v[1] < 0 || (v[0] == WRITE_KIND_FILE && part && (uint64_t)v[1] < j->lens[i]) ||
+        v[2] < 0 || v[2] > 07777 || v[3] < -1 || v[4] < -1 || v[6] < 0 || v[6] > 999999999 ||
+        v[8] < 0 || v[8] > 999999999) {
       job_release(env, &j->base);
-      return invalid(env, "writeFiles: invalid length or metadata");
+      return invalid(env, "writeFiles: invalid part, kind, size or metadata");
     }
-    if (v[2] < 0 || v[3] < 0) j->nums[(size_t)i * 8 + 2] = j->nums[(size_t)i * 8 + 3] = -1;
-    if (j->lens[i] > 0) total += (size_t)j->lens[i];
+    if (v[3] < 0 || v[4] < 0) v[3] = v[4] = -1;
+    j->data[i] = part && j->lens[i] ? part : NULL;
+    if (!j->data[i]) j->lens[i] = 0;
   }
-  if (total > data_len) {
-    job_release(env, &j->base);
-    return invalid(env, "writeFiles: lens exceed data");
-  }
-  j->data = data_len ? data : &none;
   HOLD(env, j, argv[1]);
   return job_start(env, &j->base, "holdfast:writefiles");
 }

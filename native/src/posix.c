@@ -218,6 +218,22 @@ int hf_write_file(const char *path, const uint8_t *data, size_t len, uint64_t si
   return e;
 }
 
+int hf_write_link(const char *path, const uint8_t *target, size_t len, const hf_meta *m) {
+  char t[4096];
+  struct stat st;
+  if (len == 0 || len >= sizeof t || memchr(target, 0, len)) return EINVAL;
+  memcpy(t, target, len);
+  t[len] = 0;
+  if (symlink(t, path) != 0) {
+    if (errno != EEXIST) return errno;
+    /* something is in the way: a directory stays (and is reported), the rest is replaced */
+    if (lstat(path, &st) != 0) return errno;
+    if (S_ISDIR(st.st_mode)) return EISDIR;
+    if (unlink(path) != 0 || symlink(t, path) != 0) return errno;
+  }
+  return hf_set_meta(path, m, 1);
+}
+
 int hf_set_meta(const char *path, const hf_meta *m, int is_link) {
   struct timespec ts[2];
   int flags = is_link ? AT_SYMLINK_NOFOLLOW : 0;

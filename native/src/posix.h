@@ -51,6 +51,11 @@ typedef struct hf_meta {
 int hf_write_file(const char *path, const uint8_t *data, size_t len, uint64_t size,
                   const hf_meta *m);
 
+/* Creates a symlink to target (len bytes, no NUL) at path, replacing a file,
+ * symlink or special file there (never a directory: EISDIR), then sets its
+ * owner and times (not following it). Returns 0 or an errno. */
+int hf_write_link(const char *path, const uint8_t *target, size_t len, const hf_meta *m);
+
 /* Applies owner, mode (not to symlinks) and times to a path, not following
  * a final symlink. Returns 0 or an errno. */
 int hf_set_meta(const char *path, const hf_meta *m, int is_link);
