@@ -8,9 +8,9 @@ import { HoldfastError } from '../appliance/errors/index.ts';
 import { check } from '../appliance/maintenance/index.ts';
 import { Repository } from '../appliance/repository/index.ts';
 import { restore } from '../appliance/restore/index.ts';
-import { listSnapshots } from '../appliance/snapshot/index.ts';
+import { listSnapshots, locatePath } from '../appliance/snapshot/index.ts';
 import { CHANGED_DURING_READ, LocalSource, type ReadBuffers, type ReadManyResult } from '../appliance/sources/index.ts';
-import { LocalStorage } from '../appliance/storage/index.ts';
+import { LocalStorage, filePath } from '../appliance/storage/index.ts';
 import { tmpDir } from './helpers/tmp.ts';
 import { allocated, compareTrees, makeOddTree, pseudoRandom } from './helpers/tree.ts';
 
@@ -81,6 +81,44 @@ t.test('incremental: unchanged files are not read; changed ones are; only new ch
   const forced = await backup(repo, new LocalSource(), { paths: [src], force: true });
   t.equal(forced.snapshot.stats.filesRead, 51, '--force reads everything');
   t.equal(forced.snapshot.stats.blobsAdded, 0, 'but stores nothing new');
+});
+
+t.test('a damaged tree: the next backup reads that directory again with a warning, its siblings stay unread; restore loses only that directory', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  // Enough sibling directories that the walk fetches them ahead, in batches.
+  for (let i = 0; i < 40; i++) {
+    fs.mkdirSync(path.join(src, `d${String(i).padStart(2, '0')}`, 'inner'), { recursive: true });
+    fs.writeFileSync(path.join(src, `d${String(i).padStart(2, '0')}`, 'inner', 'f'), pseudoRandom(`tree ${i}`, 3000 + i));
+  }
+  const repo = await newRepo(t, dir);
+  const first = await backup(repo, new LocalSource(), { paths: [src] });
+  const victim = path.join(src, 'd17', 'inner');
+  const located = await locatePath(repo, first.snapshot.tree, victim);
+  const loc = repo.index.get(located.tree!)!;
+  const packFile = filePath(path.join(dir, 'repo'), 'pack', loc.pack);
+  const fd = fs.openSync(packFile, 'r+');
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, loc.offset + loc.length - 20);
+  b[0]! ^= 0x40;
+  fs.writeSync(fd, b, 0, 1, loc.offset + loc.length - 20);
+  fs.closeSync(fd);
+
+  const second = await backup(repo, new LocalSource(), { paths: [src] });
+  t.same(second.warnings.map((w) => [w.path, w.code, /parent snapshot's tree unreadable/.test(w.message)]), [[victim, 'HF_WARN_SOURCE', true]],
+    'one warning, for the directory whose parent tree is damaged');
+  t.equal(second.snapshot.stats.filesRead, 1, 'its file is read again');
+  t.equal(second.snapshot.stats.filesUnchanged, 39, 'every other file is taken from the parent unread');
+  // Its new listing is the same blob as the damaged one (content-addressed),
+  // so until the directory changes, later snapshots share the damage: restore
+  // says so for that directory, and restores everything else.
+  const target = path.join(dir, 'out');
+  const res = await restore(repo, second.snapshot, { target });
+  t.same(res.warnings.map((w) => [w.code, w.path]), [['HF_WARN_DAMAGED', victim]], 'restore: one warning, naming the directory');
+  t.equal(res.stats.failed, 1);
+  const others = fs.readdirSync(src).filter((d) => d !== 'd17');
+  t.same(others.flatMap((d) => compareTrees(path.join(src, d), path.join(target, src, d))), [], 'every other directory restores identical');
+  t.same(fs.readdirSync(path.join(target, victim)), [], 'the damaged directory is there, empty');
 });
 
 t.test('restore of a subtree, and over an existing target with a symlink planted in it', async (t) => {

@@ -213,7 +213,16 @@ class Restorer {
   }
 
   async #dir(tree: BlobId, dir: Buffer): Promise<void> {
-    const nodes = await loadTree(this.#repo, tree);
+    let nodes: TreeNode[];
+    try {
+      nodes = await loadTree(this.#repo, tree);
+    } catch (err) {
+      // A damaged listing loses this directory's contents, not the restore.
+      if (!(err instanceof HoldfastError) || !['HF_PACK_CORRUPT', 'HF_BLOB_MISSING', 'HF_REPO_CORRUPT'].includes(err.code)) throw err;
+      this.stats.failed++;
+      this.#warn(dir, 'HF_WARN_DAMAGED', `directory contents not restored, the repository copy of its listing is damaged: ${err.message}`);
+      return;
+    }
     const seen = new Set<string>();
     let batch: { p: Buffer; n: TreeNode }[] = [];
     let batchBytes = 0;
