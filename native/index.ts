@@ -34,6 +34,7 @@ interface Binding {
   hasherDigest(hasher: object): Buffer;
   readFile(path: Uint8Array, out: Uint8Array): Promise<number>;
   scandir(path: Uint8Array): Promise<Buffer>;
+  scandirMany(paths: Uint8Array): Promise<(Buffer | number)[]>;
   setTimes(path: Uint8Array, aSec: number, aNsec: number, mSec: number, mNsec: number, nofollow: boolean): Promise<void>;
   mknod(path: Uint8Array, mode: number, dev: number): Promise<void>;
   writeFile(path: Uint8Array, data: Uint8Array | null, size: number, mode: number, uid: number, gid: number, aSec: number, aNsec: number, mSec: number, mNsec: number): Promise<void>;
@@ -301,12 +302,29 @@ export interface ScanEntry {
 }
 
 const SCAN_HEADER = 96;
+const TWO_32 = 0x1_0000_0000;
 
 /** A directory's entries with lstat data, sorted by name bytes, in one threadpool job. */
 export async function scandir(path: Uint8Array): Promise<ScanEntry[]> {
-  const b = await native.scandir(path);
+  return decodeScan(await native.scandir(path));
+}
+
+/**
+ * scandir for several directories in one threadpool job: per path, its
+ * entries or the errno of opening or reading it.
+ */
+export async function scandirMany(paths: readonly Uint8Array[]): Promise<(ScanEntry[] | { errno: number })[]> {
+  if (paths.length === 0) return [];
+  const joined = Buffer.concat(paths.flatMap((p) => [p, NUL]));
+  return (await native.scandirMany(joined)).map((r) => (typeof r === 'number' ? { errno: r } : decodeScan(r)));
+}
+
+/** The records of a scandir buffer (layout: native/src/posix.h). 64-bit fields are read as two halves, not as BigInts. */
+function decodeScan(b: Buffer): ScanEntry[] {
   const count = b.readUInt32LE(0);
   const out: ScanEntry[] = new Array(count);
+  const u64 = (o: number) => b.readUInt32LE(o) + b.readUInt32LE(o + 4) * TWO_32;
+  const i64 = (o: number) => b.readUInt32LE(o) + b.readInt32LE(o + 4) * TWO_32;
   let o = 8;
   for (let i = 0; i < count; i++) {
     const nameLen = b.readUInt32LE(o);
@@ -320,14 +338,14 @@ export async function scandir(path: Uint8Array): Promise<ScanEntry[]> {
       gid: b.readUInt32LE(o + 16),
       mtimeNsec: b.readUInt32LE(o + 20),
       ctimeNsec: b.readUInt32LE(o + 24),
-      size: Number(b.readBigUInt64LE(o + 32)),
-      ino: Number(b.readBigUInt64LE(o + 40)),
-      dev: Number(b.readBigUInt64LE(o + 48)),
-      nlink: Number(b.readBigUInt64LE(o + 56)),
-      rdev: Number(b.readBigUInt64LE(o + 64)),
-      mtimeSec: Number(b.readBigInt64LE(o + 72)),
-      ctimeSec: Number(b.readBigInt64LE(o + 80)),
-      blocks: Number(b.readBigUInt64LE(o + 88)),
+      size: u64(o + 32),
+      ino: u64(o + 40),
+      dev: u64(o + 48),
+      nlink: u64(o + 56),
+      rdev: u64(o + 64),
+      mtimeSec: i64(o + 72),
+      ctimeSec: i64(o + 80),
+      blocks: u64(o + 88),
       target: targetLen ? b.subarray(nameStart + nameLen, nameStart + nameLen + targetLen) : null,
     };
     o += (SCAN_HEADER + nameLen + targetLen + 7) & ~7;

@@ -119,6 +119,14 @@ for (const [name, make] of implementations) {
     await t.rejects(s.source.list(at(s.base, 'missing-dir')), { code: 'ENOENT' }, 'list of a missing directory: ENOENT');
     await t.rejects(readAll(s.source, at(s.base, 'dir/missing'), 1), { code: 'ENOENT' }, 'read of a missing file: ENOENT');
 
+    if (s.source.listMany) {
+      const many = await s.source.listMany([dir, at(s.base, 'missing-dir'), at(s.base, 'dir/sub')]);
+      t.equal(many.length, 3, 'listMany: one result per directory');
+      t.same(many[0], l, 'listMany: a directory as list() gives it');
+      t.match(many[1], { error: { code: 'ENOENT' } }, 'listMany: a missing directory fails alone, with the code list() rejects with');
+      t.same(many[2], await s.source.list(at(s.base, 'dir/sub')), 'listMany: and the next one is listed again');
+    }
+
     if (s.symlinks) {
       fs.symlinkSync('plain.txt', path.join(s.root, 'dir', 'link'));
       const ll = await s.source.list(dir);

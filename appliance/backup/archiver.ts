@@ -1,10 +1,10 @@
 import { BufferPool, type Chunker, release } from '../../native/index.ts';
 import { HoldfastError, errorCode, hasCode } from '../errors/index.ts';
-import { type BlobId, BlobType, type Repository, type RepositoryWriter, blobIdOf } from '../repository/index.ts';
+import { type BlobId, BlobReader, BlobType, type Repository, type RepositoryWriter, blobIdOf } from '../repository/index.ts';
 import {
   type SnapshotStats, type TreeNode, decodeTree, displayName, encodeTree, sameNode,
 } from '../snapshot/index.ts';
-import { CHANGED_DURING_READ, type Source, type SourceStat, joinPath } from '../sources/index.ts';
+import { CHANGED_DURING_READ, type ListManyResult, type Source, type SourceEntry, type SourceStat, joinPath } from '../sources/index.ts';
 import { Semaphore } from '../limits/index.ts';
 
 /** Files read at once; files larger than SMALL_READ also take one of LARGE_FILES slots. */
@@ -29,6 +29,19 @@ const BATCHES_IN_FLIGHT = 8;
 const DIRS_IN_FLIGHT = 8;
 /** Plaintext bytes handed to sealing and not yet packed. Reading waits beyond this. */
 const SEAL_BUDGET = 8 << 20;
+/**
+ * Directories fetched ahead: when the walk reaches a directory's
+ * subdirectories, it asks for the next ones' listings (when the source can
+ * list several at once) and parent trees in one request each, instead of
+ * one threadpool round trip (or more) per directory when it gets there.
+ * A request takes up to AHEAD_DIRS directories and AHEAD_BYTES of their
+ * sizes (a directory's st_size grows with its entries, so this bounds what
+ * one request holds), and none starts while AHEAD_HELD bytes are fetched
+ * and not yet walked.
+ */
+const AHEAD_DIRS = 16;
+const AHEAD_BYTES = 256 << 10;
+const AHEAD_HELD = 512 << 10;
 
 export type WarningCode = 'HF_WARN_UNREADABLE' | 'HF_WARN_VANISHED' | 'HF_WARN_CHANGED' | 'HF_WARN_SOURCE';
 
@@ -46,6 +59,14 @@ interface Listing {
   id: BlobId;
   nodes: TreeNode[];
   byName: Map<string, TreeNode>;
+}
+
+/** What the walk fetched for a directory before reaching it. Neither promise rejects. */
+interface Ahead {
+  listing: Promise<ListManyResult> | null;
+  parent: Promise<{ plain: Buffer } | { error: Error }> | null;
+  /** Counted against AHEAD_HELD until the directory is walked. */
+  bytes: number;
 }
 
 interface BatchItem {
@@ -168,6 +189,8 @@ export class Archiver {
   readonly #dirSlots = new Semaphore(DIRS_IN_FLIGHT);
   readonly #chunkers: Chunker[] = [];
   readonly #hardlinks = new Map<string, Promise<BlobId[] | null>>();
+  readonly #trees: BlobReader;
+  #aheadHeld = 0;
   readonly #tasks = new Set<Promise<unknown>>();
   #failure: unknown = null;
 
@@ -180,6 +203,7 @@ export class Archiver {
     this.#force = options.force ?? false;
     this.#signal = options.signal;
     this.#onWarning = options.onWarning;
+    this.#trees = new BlobReader(repo, { window: 256 << 10, keep: 2 });
   }
 
   /** Archives the paths (absolute) and returns the root tree id. */
@@ -227,14 +251,77 @@ export class Archiver {
     }
   }
 
-  async #parentListing(id: BlobId | null | undefined, path: Buffer): Promise<Listing | null> {
+  /** The parent snapshot's listing of a directory (fetched ahead, or now); null when there is none or it is unreadable (a warning). */
+  async #parentListing(id: BlobId | null | undefined, path: Buffer, ahead: Ahead['parent'] = null): Promise<Listing | null> {
     if (!id || this.#force) return null;
     try {
-      const nodes = decodeTree(await this.#repo.loadBlob(id), `parent tree of ${displayName(path)}`);
+      let plain: Buffer;
+      if (ahead) {
+        const r = await ahead;
+        if ('error' in r) throw r.error;
+        plain = r.plain;
+      } else {
+        plain = await this.#repo.loadBlob(id);
+      }
+      const nodes = decodeTree(plain, `parent tree of ${displayName(path)}`);
       return { id, nodes, byName: new Map(nodes.map((n) => [n.name.toString('latin1'), n])) };
     } catch (err) {
       this.#warn(path, err, 'HF_WARN_SOURCE', `parent snapshot's tree unreadable, reading everything here: ${(err as Error).message}`);
       return null;
+    }
+  }
+
+  /**
+   * Fetches ahead (see AHEAD_DIRS) for the directories among entries from
+   * index `from` on: their listings in one request, when the source can,
+   * and their parent trees in one request. Records each in `into`; returns
+   * the index after the last entry considered.
+   */
+  #fetchAhead(dir: Buffer, entries: readonly SourceEntry[], from: number, parent: Listing | null, into: Map<SourceEntry, Ahead>): number {
+    const dirs: { e: SourceEntry; path: Buffer; tree: BlobId | null }[] = [];
+    let bytes = 0;
+    let i = from;
+    for (; i < entries.length && dirs.length < AHEAD_DIRS; i++) {
+      const e = entries[i]!;
+      if (e.type !== 'dir') continue;
+      if (dirs.length > 0 && bytes + e.size > AHEAD_BYTES) break;
+      const pnode = parent?.byName.get(e.name.toString('latin1'));
+      const tree = !this.#force && pnode?.type === 'dir' ? pnode.subtree! : null;
+      dirs.push({ e, path: joinPath(dir, e.name), tree });
+      bytes += e.size;
+    }
+    if (dirs.length === 0 || this.#aheadHeld >= AHEAD_HELD) return i;
+    const listMany = this.#source.listMany?.bind(this.#source);
+    const listings = listMany
+      ? listMany(dirs.map((d) => d.path)).then((r) => r, (error: Error) => dirs.map(() => ({ error })))
+      : null;
+    const ids = dirs.map((d) => d.tree).filter((t): t is BlobId => t !== null);
+    const trees = ids.length > 0 ? this.#loadTrees(ids) : null;
+    let k = 0;
+    for (const [j, d] of dirs.entries()) {
+      const treeIndex = d.tree !== null ? k++ : -1;
+      const share = d.e.size + (d.tree !== null ? this.#repo.index.get(d.tree)?.rawLength ?? 0 : 0);
+      this.#aheadHeld += share;
+      into.set(d.e, {
+        listing: listings ? listings.then((r) => r[j]!) : null,
+        parent: trees && treeIndex >= 0 ? trees.then((r) => r[treeIndex]!) : null,
+        bytes: share,
+      });
+    }
+    return i;
+  }
+
+  /** Loads tree blobs in one request; each result is the tree's bytes (a copy) or why not. Never rejects. */
+  async #loadTrees(ids: BlobId[]): Promise<({ plain: Buffer } | { error: Error })[]> {
+    try {
+      const { buffer, results } = await this.#trees.loadMany(ids);
+      try {
+        return results.map((r) => ('error' in r ? r : { plain: Buffer.from(r.plain) }));
+      } finally {
+        this.#trees.done(buffer);
+      }
+    } catch (err) {
+      return ids.map(() => ({ error: err as Error }));
     }
   }
 
@@ -288,22 +375,27 @@ export class Archiver {
    * its clients (Samba, Windows junctions) can show a directory inside
    * itself, and that must not be walked forever.
    */
-  async #dir(path: Buffer, parentTree: BlobId | null, ancestors: readonly string[]): Promise<BlobId> {
-    let listing;
-    try {
-      listing = await this.#source.list(path);
-    } catch (err) {
-      this.#sourceLost(err);
-      this.#warn(path, err, warningCode(err), `directory not read: ${(err as Error).message}`);
+  async #dir(path: Buffer, parentTree: BlobId | null, ancestors: readonly string[], ahead: Ahead | null = null): Promise<BlobId> {
+    if (ahead) this.#aheadHeld -= ahead.bytes;
+    // The listing and the parent's tree, at once.
+    const [listed, parent] = await Promise.all([
+      ahead?.listing ?? this.#source.list(path).then((l): ListManyResult => l, (error: Error) => ({ error })),
+      this.#parentListing(parentTree, path, ahead?.parent),
+    ]);
+    if ('error' in listed) {
+      this.#sourceLost(listed.error);
+      this.#warn(path, listed.error, warningCode(listed.error), `directory not read: ${listed.error.message}`);
       return this.#saveTree([], null);
     }
+    const listing = listed;
     for (const p of listing.problems) this.#sourceLost(p.error);
     for (const p of listing.problems) this.#warn(joinPath(path, p.name), p.error);
-    const parent = await this.#parentListing(parentTree, path);
     const nodes: (TreeNode | Promise<TreeNode | null> | null)[] = [];
+    const fetched = new Map<SourceEntry, Ahead>();
+    let fetchedUpTo = 0;
     let batch: BatchItem[] = [];
     let batchBytes = 0;
-    for (const e of listing.entries) {
+    for (const [i, e] of listing.entries.entries()) {
       this.#checkAbort();
       const pnode = parent?.byName.get(e.name.toString('latin1')) ?? null;
       const p = joinPath(path, e.name);
@@ -318,7 +410,10 @@ export class Archiver {
         batchBytes += e.size;
         continue;
       }
-      nodes.push((await this.#start(p, e.name, e, pnode, ancestors)).node);
+      if (e.type === 'dir' && i >= fetchedUpTo) fetchedUpTo = this.#fetchAhead(path, listing.entries, i, parent, fetched);
+      const pre = fetched.get(e) ?? null;
+      fetched.delete(e);
+      nodes.push((await this.#start(p, e.name, e, pnode, ancestors, pre)).node);
     }
     // Flushed before the listing is awaited: its nodes wait on this batch.
     if (batch.length > 0) await this.#startBatch(batch);
@@ -413,21 +508,22 @@ export class Archiver {
    * free (its node comes later), else before this resolves; a file resolves
    * once it has a reading slot, its node later.
    */
-  async #start(path: Buffer, name: Buffer, e: SourceStat, pnode: TreeNode | null, ancestors: readonly string[] = []): Promise<{ node: TreeNode | null | Promise<TreeNode | null> }> {
+  async #start(path: Buffer, name: Buffer, e: SourceStat, pnode: TreeNode | null, ancestors: readonly string[] = [], ahead: Ahead | null = null): Promise<{ node: TreeNode | null | Promise<TreeNode | null> }> {
     if (e.type === 'dir') {
       this.stats.dirs++;
       const parentTree = pnode?.type === 'dir' ? pnode.subtree! : null;
       const identity = `${e.device}:${e.inode}`;
       if (e.inode !== 0 && ancestors.includes(identity)) {
+        if (ahead) this.#aheadHeld -= ahead.bytes;
         this.#warn(path, null, 'HF_WARN_SOURCE',
           'directory loop: this is a directory above it again (a symlink or junction on the server points back up); recorded empty, not walked');
         return { node: nodeOf(name, e, { subtree: await this.#saveTree([], null) }) };
       }
       const chain = [...ancestors, identity];
       if (!this.#dirSlots.tryAcquire()) {
-        return { node: nodeOf(name, e, { subtree: await this.#dir(path, parentTree, chain) }) };
+        return { node: nodeOf(name, e, { subtree: await this.#dir(path, parentTree, chain, ahead) }) };
       }
-      const task = this.#dir(path, parentTree, chain)
+      const task = this.#dir(path, parentTree, chain, ahead)
         .then((subtree) => nodeOf(name, e, { subtree }))
         .finally(() => {
           this.#dirSlots.release();

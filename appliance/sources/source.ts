@@ -40,6 +40,9 @@ export interface ReadBuffers {
  */
 export type ReadManyResult = { data: Buffer } | { error: Error & { code?: string } };
 
+/** What listMany gives per directory. */
+export type ListManyResult = Listing | { error: Error & { code?: string } };
+
 export interface Listing {
   /** Sorted by name bytes. */
   entries: SourceEntry[];
@@ -82,6 +85,13 @@ export interface Source {
   readonly location: string;
   stat(path: Buffer): Promise<SourceStat>;
   list(dir: Buffer): Promise<Listing>;
+  /**
+   * Optional: lists several directories at once (a walk asks for the
+   * directories it is about to enter). One result per path, in order: what
+   * list() would resolve with, or the error it would reject with.
+   * HF_SOURCE_DISCONNECTED rejects the whole call.
+   */
+  listMany?(dirs: readonly Buffer[]): Promise<ListManyResult[]>;
   read(path: Buffer, sizeHint: number, buffers?: ReadBuffers): AsyncIterable<Buffer>;
   /**
    * Optional: reads many small files at once into `into` (which has room for

@@ -1126,6 +1126,80 @@ static napi_value scandir_entries(napi_env env, napi_callback_info info) {
   return job_start(env, &j->base, "holdfast:scandir");
 }
 
+/* scandirMany: several directories, one job. */
+typedef struct scan_many_job {
+  job base;
+  char *paths; /* NUL-separated */
+  size_t count;
+  hf_buf *bufs;
+  int *errs;
+} scan_many_job;
+
+static void scan_many_exec(job *base) {
+  scan_many_job *j = (scan_many_job *)base;
+  const char *path = j->paths;
+  for (size_t i = 0; i < j->count; i++) {
+    j->errs[i] = hf_scandir(path, &j->bufs[i]);
+    path += strlen(path) + 1;
+  }
+}
+
+static napi_value scan_many_done(napi_env env, job *base) {
+  scan_many_job *j = (scan_many_job *)base;
+  napi_value arr, el;
+  CALL(env, napi_create_array_with_length(env, j->count, &arr));
+  for (size_t i = 0; i < j->count; i++) {
+    if (j->errs[i]) {
+      CALL(env, napi_create_int32(env, j->errs[i], &el));
+    } else {
+      uint8_t *mem = j->bufs[i].data;
+      j->bufs[i].data = NULL; /* hand_over owns it now, whatever happens */
+      el = hand_over(env, mem, j->bufs[i].len);
+      if (!el) return NULL;
+    }
+    CALL(env, napi_set_element(env, arr, (uint32_t)i, el));
+  }
+  return arr;
+}
+
+static void scan_many_cleanup(job *base) {
+  scan_many_job *j = (scan_many_job *)base;
+  for (size_t i = 0; j->bufs && i < j->count; i++) free(j->bufs[i].data);
+  free(j->bufs);
+  free(j->errs);
+  free(j->paths);
+}
+
+/* scandirMany(paths: NUL-separated bytes) -> Promise<(Buffer | number)[]>: per
+ * directory, its scandir buffer (layout in posix.h) or the errno. */
+static napi_value scandir_many(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  uint8_t *paths;
+  size_t paths_len, count = 0;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  if (!get_bytes(env, argv[0], &paths, &paths_len) || paths_len == 0 || paths[paths_len - 1] != 0)
+    return invalid(env, "scandirMany(paths): NUL-terminated paths");
+  for (size_t i = 0; i < paths_len; i++) {
+    if (paths[i] != 0) continue;
+    if (i == 0 || paths[i - 1] == 0) return invalid(env, "scandirMany: an empty path");
+    count++;
+  }
+  NEW_JOB(scan_many_job, j);
+  j->base.exec = scan_many_exec;
+  j->base.done = scan_many_done;
+  j->base.cleanup = scan_many_cleanup;
+  j->count = count;
+  j->paths = malloc(paths_len);
+  j->bufs = calloc(count, sizeof *j->bufs);
+  j->errs = calloc(count, sizeof *j->errs);
+  if (!j->paths || !j->bufs || !j->errs) {
+    job_release(env, &j->base);
+    return invalid(env, "out of memory");
+  }
+  memcpy(j->paths, paths, paths_len);
+  return job_start(env, &j->base, "holdfast:scandirmany");
+}
+
 static void read_file_exec(job *base) {
   fs_job *j = (fs_job *)base;
   size_t len = 0;
@@ -1509,6 +1583,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"hasherDigest", NULL, hasher_digest, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readFile", NULL, read_file, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scandir", NULL, scandir_entries, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"scandirMany", NULL, scandir_many, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setTimes", NULL, set_times, NULL, NULL, NULL, napi_enumerable, NULL},
       {"writeFile", NULL, write_file, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setMeta", NULL, set_meta, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -2,9 +2,9 @@ import { constants } from 'node:fs';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 
-import { readFile, readFiles, scandir } from '../../../native/index.ts';
+import { type ScanEntry, readFile, readFiles, scandir, scandirMany } from '../../../native/index.ts';
 import { errorCode } from '../../errors/index.ts';
-import { type Listing, type ReadBuffers, type ReadManyResult, type Source, type SourceEntry, type SourceStat, typeOfMode } from '../source.ts';
+import { type ListManyResult, type Listing, type ReadBuffers, type ReadManyResult, type Source, type SourceEntry, type SourceStat, typeOfMode } from '../source.ts';
 
 /** Bytes per read of a large file. */
 export const READ_PIECE = 1 << 20;
@@ -36,31 +36,15 @@ export class LocalSource implements Source {
   }
 
   async list(dir: Buffer): Promise<Listing> {
-    const raw = await scandir(dir);
-    const entries: SourceEntry[] = [];
-    const problems: Listing['problems'] = [];
-    for (const e of raw) {
-      if (e.errno !== 0) {
-        problems.push({ name: e.name, error: Object.assign(new Error(`lstat failed: errno ${e.errno}`), { code: errnoName(e.errno) }) });
-        continue;
-      }
-      entries.push({
-        name: e.name,
-        type: typeOfMode(e.mode),
-        mode: e.mode & 0o7777,
-        uid: e.uid,
-        gid: e.gid,
-        size: e.size,
-        mtime: [e.mtimeSec, e.mtimeNsec],
-        ctime: [e.ctimeSec, e.ctimeNsec],
-        inode: e.ino,
-        device: e.dev,
-        links: e.nlink,
-        rdev: e.rdev,
-        target: e.target,
-      });
-    }
-    return { entries, problems };
+    return toListing(await scandir(dir));
+  }
+
+  async listMany(dirs: readonly Buffer[]): Promise<ListManyResult[]> {
+    return (await scandirMany(dirs)).map((r, i) => {
+      if (Array.isArray(r)) return toListing(r);
+      const code = errnoName(r.errno);
+      return { error: Object.assign(new Error(`${code}: cannot list '${dirs[i]!.toString()}'`), { code, errno: -r.errno }) };
+    });
   }
 
   async *read(path: Buffer, sizeHint: number, buffers?: ReadBuffers): AsyncIterable<Buffer> {
@@ -119,6 +103,33 @@ export class LocalSource implements Source {
   }
 
   async close(): Promise<void> {}
+}
+
+function toListing(raw: ScanEntry[]): Listing {
+  const entries: SourceEntry[] = [];
+  const problems: Listing['problems'] = [];
+  for (const e of raw) {
+    if (e.errno !== 0) {
+      problems.push({ name: e.name, error: Object.assign(new Error(`lstat failed: errno ${e.errno}`), { code: errnoName(e.errno) }) });
+      continue;
+    }
+    entries.push({
+      name: e.name,
+      type: typeOfMode(e.mode),
+      mode: e.mode & 0o7777,
+      uid: e.uid,
+      gid: e.gid,
+      size: e.size,
+      mtime: [e.mtimeSec, e.mtimeNsec],
+      ctime: [e.ctimeSec, e.ctimeNsec],
+      inode: e.ino,
+      device: e.dev,
+      links: e.nlink,
+      rdev: e.rdev,
+      target: e.target,
+    });
+  }
+  return { entries, problems };
 }
 
 const BASE_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
