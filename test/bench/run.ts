@@ -103,10 +103,16 @@ export function duBytes(dir: string): number {
   return n;
 }
 
-/** Reads every file under dir once, so that later readers find it in the page cache. */
-export function warmPageCache(dir: string): void {
+/**
+ * Reads every file under each dir once, so that the next reader finds it in
+ * the page cache. Called right before each timed command that reads data or
+ * a repository: a machine may page out what was not touched for a while
+ * (this VM's DAMON reclaim pages out memory idle for 60 s), which would
+ * otherwise time the disk for whichever tool happens to run later.
+ */
+export function warmPageCache(...dirs: string[]): void {
   // Not `tar cf /dev/null`: GNU tar notices /dev/null and skips reading file contents.
-  run({ file: 'bash', args: ['-o', 'pipefail', '-c', 'tar -C "$1" -cf - . | cat >/dev/null', 'warm', dir] });
+  for (const dir of dirs) run({ file: 'bash', args: ['-o', 'pipefail', '-c', 'tar -C "$1" -cf - . | cat >/dev/null', 'warm', dir] });
 }
 
 /** Removes a directory tree if present. */

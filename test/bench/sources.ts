@@ -50,7 +50,7 @@ function holdfast(args: string[], env: Record<string, string>): { file: string; 
   return { file: process.execPath, args: [...V8_FLAGS, HOLDFAST_BIN, ...args], env: { ...process.env, ...env } };
 }
 
-function measure(p: Protocol, work: string): Measured {
+function measure(p: Protocol, work: string, data: string): Measured {
   const dir = path.join(work, 'sources', p.name);
   removeTree(dir);
   fs.mkdirSync(dir, { recursive: true });
@@ -62,6 +62,7 @@ function measure(p: Protocol, work: string): Measured {
   try {
     note(`sources: ${p.peer}`);
     const c = p.peerCommand(target.path);
+    warmPageCache(data);
     // smbclient exits 1 when any file failed; what failed is printed below and
     // the bytes it copied are counted, so the comparison stays honest.
     peer = timed({ ...c, cwd: c.cwd ?? target.path, ok: [0, 1] });
@@ -80,8 +81,10 @@ function measure(p: Protocol, work: string): Measured {
   // Exit 3: done, with warnings (files the server would not hand out; the peer gets none of them either).
   const backup = () => timed({ ...holdfast(['backup', ...repo, '--json', ...p.flags, p.url], env), ok: [0, 3] });
   note(`sources: holdfast ${p.name} first backup`);
+  warmPageCache(data);
   const first = backup();
   note(`sources: holdfast ${p.name} second (unchanged) backup`);
+  warmPageCache(path.join(dir, 'repo'));
   const second = backup();
   const a = parseHoldfastBackup(first.stdout);
   const b = parseHoldfastBackup(second.stdout);
@@ -106,9 +109,6 @@ export async function benchSources(work: string): Promise<SourcesSummary> {
   const stats = treeStats(data);
   say(`data: ${data}: ${stats.files} files, ${stats.dirs} directories, ${stats.symlinks} symlinks, ${mib(stats.bytes)} in regular files`);
   if (stats.bytes < 1e9) throw new BenchError(`the tree data holds only ${stats.bytes} bytes; remove ${work} to prepare it again`);
-  note('sources: warming the page cache');
-  warmPageCache(data);
-
   const scope = teardownScope();
   const results = new Map<string, Measured[]>();
   try {
@@ -144,7 +144,7 @@ export async function benchSources(work: string): Promise<SourcesSummary> {
     for (let r = 1; r <= rounds; r++) {
       note(`sources: round ${r} of ${rounds}`);
       for (const p of protocols) {
-        const m = measure(p, work);
+        const m = measure(p, work, data);
         results.set(p.name, [...(results.get(p.name) ?? []), m]);
         for (const [op, x] of Object.entries(m)) {
           emit({ bench: 'sources', protocol: p.name, op: op === 'peer' ? p.peer : `holdfast_${op}`, round: r, seconds: x.seconds, rss_kib: x.rssKib });

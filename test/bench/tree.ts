@@ -46,6 +46,7 @@ function measureTool(tool: ToolName, work: string, data: string, bytes: number):
   const ops = {} as Record<Op, TimedResult>;
   for (const [i, op] of (['first_backup', 'nochange_backup'] as const).entries()) {
     note(`tree: ${tool} ${op}`);
+    warmPageCache(data, s.repo);
     ops[op] = timed(s.backup(data, i + 1));
     emitOp(tool, op, ops[op], bytes, holdfastExtra(tool, op, ops[op]));
   }
@@ -54,6 +55,7 @@ function measureTool(tool: ToolName, work: string, data: string, bytes: number):
   if (!target.tmpfs) say(`NOTE: ${tool}: ${target.note}`);
   try {
     note(`tree: ${tool} restore`);
+    warmPageCache(s.repo);
     ops.restore = timed(s.restore(target.path));
     emitOp(tool, 'restore', ops.restore, bytes, { tmpfs: target.tmpfs });
     if (tool === 'holdfast') {
@@ -144,9 +146,6 @@ export function benchTree(work: string): TreeSummary {
     `${stats.symlinks} symlinks, ${stats.bytes} bytes (${mib(stats.bytes)}) in regular files`);
   emit({ bench: 'tree', op: 'data', path: data, ...stats, prepared });
   if (stats.bytes < 1e9) throw new BenchError(`the tree data holds only ${stats.bytes} bytes; remove ${work} to prepare it again`);
-
-  note('tree: warming the page cache');
-  warmPageCache(data);
 
   // Timings on a shared 2-core VM vary from run to run: every tool is measured
   // ROUNDS times, the tools taking turns, and the medians are compared.

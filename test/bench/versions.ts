@@ -26,6 +26,7 @@ function measureTool(tool: ToolName, work: string, versions: PackageVersion[]): 
   run(s.init);
   const r: ToolResult = { tool, seconds: 0, maxRssKib: 0, sizes: [] };
   for (const [i, v] of versions.entries()) {
+    warmPageCache(v.dir, s.repo);
     const t = timed(s.backup(v.dir, i + 1));
     const extra = tool === 'holdfast' ? { bytes_added: parseHoldfastBackup(t.stdout).bytesAdded, exit: t.status } : {};
     const size = duBytes(s.repo);
@@ -60,7 +61,6 @@ export function benchVersions(work: string): VersionsSummary {
     emit({ bench: 'versions', op: 'data', version: v.version, files: st.files, bytes: st.bytes });
   }
   say(`data: ${PACKAGE} ${VERSIONS[0]} … ${VERSIONS.at(-1)}: ${sourceBytes} bytes (${mib(sourceBytes)}) in all, each version backed up as its own run`);
-  for (const v of versions) warmPageCache(v.dir);
 
   const results = TOOLS.map((tool) => measureTool(tool, work, versions));
   say('');
