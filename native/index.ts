@@ -438,10 +438,19 @@ export function release(buf: Uint8Array): void {
 }
 
 /**
+ * Idle bytes all pools of the process keep together (IDLE_CAP): each pool
+ * keeps up to its own `keep` idle buffers, but not beyond this shared total,
+ * so that pools of different sizes and owners (read buffers, sealing
+ * outputs, pack batches) do not each hold their worst case at once.
+ */
+const IDLE_CAP = 12 << 20;
+let idleBytes = 0;
+
+/**
  * Reusable buffers of one size, so that the hot paths do not churn large
  * allocations through malloc and the garbage collector. get() hands out a
  * whole buffer; put() takes it (or any view of it) back. Beyond `keep` idle
- * buffers, returned ones are freed at once.
+ * buffers, or the process-wide IDLE_CAP, returned ones are freed at once.
  */
 export class BufferPool {
   readonly size: number;
@@ -456,7 +465,10 @@ export class BufferPool {
 
   get(): Buffer {
     const b = this.#idle.pop();
-    if (b) return b;
+    if (b) {
+      idleBytes -= this.size;
+      return b;
+    }
     const fresh = Buffer.allocUnsafeSlow(this.size);
     this.#mine.add(fresh.buffer as ArrayBuffer);
     return fresh;
@@ -471,25 +483,31 @@ export class BufferPool {
   put(buf: Uint8Array): void {
     const ab = buf.buffer as ArrayBuffer;
     if (!this.#mine.has(ab) || ab.detached) return;
-    if (this.#idle.length < this.#keep) this.#idle.push(Buffer.from(ab, 0, this.size));
-    else release(buf);
+    if (this.#idle.length < this.#keep && idleBytes + this.size <= IDLE_CAP) {
+      this.#idle.push(Buffer.from(ab, 0, this.size));
+      idleBytes += this.size;
+    } else {
+      release(buf);
+    }
   }
 }
 
 /**
- * Reusable buffers in power-of-two size classes from `min` to `max` bytes:
- * get(n) hands out (a view of) the smallest class that holds n, so a buffer
- * is never more than twice what it holds. Each class keeps about
- * `keepBytes` idle (at least one buffer). Larger requests get a buffer of
- * their own, freed when put back.
+ * Reusable buffers in power-of-two size classes from `min` bytes up, the
+ * last class exactly `max` bytes: get(n) hands out (a view of) the smallest
+ * class that holds n, so a buffer is never more than twice what it holds.
+ * Each class keeps about `keepBytes` idle (at least one buffer), within the
+ * process-wide cap. Larger requests get a buffer of their own, freed when
+ * put back.
  */
 export class SizedPools {
   readonly #pools: BufferPool[] = [];
 
   constructor(min: number, max: number, keepBytes: number) {
     for (let size = min; ; size *= 2) {
-      this.#pools.push(new BufferPool(size, Math.max(1, Math.floor(keepBytes / size))));
-      if (size >= max) break;
+      const s = Math.min(size, max);
+      this.#pools.push(new BufferPool(s, Math.max(1, Math.floor(keepBytes / s))));
+      if (s >= max) break;
     }
   }
 
