@@ -8,7 +8,7 @@ import t from 'tap';
 import { check } from '../appliance/maintenance/index.ts';
 import { Repository } from '../appliance/repository/index.ts';
 import { restore } from '../appliance/restore/index.ts';
-import { listSnapshots } from '../appliance/snapshot/index.ts';
+import { decodeTree, encodeTree, listSnapshots } from '../appliance/snapshot/index.ts';
 import { LocalStorage } from '../appliance/storage/index.ts';
 import { cli } from './helpers/cli.ts';
 import { tmpDir } from './helpers/tmp.ts';
@@ -56,6 +56,18 @@ t.test('the frozen version-1 repository opens, lists, restores and checks clean'
   const old = path.join(dir, 'first');
   await restore(repo, snapshots[0]!.snapshot, { target: old, include: [path.join(manifest.sourcePath, 'hello.txt')] });
   t.equal(fs.readFileSync(path.join(old, manifest.sourcePath, 'hello.txt'), 'utf8'), 'hello, world\n', 'the older version restores');
+
+  // The canonical tree encoding never changes: every tree of the frozen
+  // repository re-encodes to its own bytes (else an unchanged directory would
+  // get a new tree, and a new id, in every backup after an upgrade).
+  const trees = [snapshots[1]!.snapshot.tree];
+  for (let i = 0; i < trees.length; i++) {
+    const bytes = await repo.loadBlob(trees[i]!);
+    const nodes = decodeTree(bytes, 'fixture tree');
+    t.ok(encodeTree(nodes).equals(bytes), `tree ${trees[i]!.slice(0, 8)} re-encodes to the same bytes`);
+    for (const n of nodes) if (n.subtree) trees.push(n.subtree);
+  }
+  t.ok(trees.length >= 3, `${trees.length} trees compared`);
 
   const c = await check(repo, { readData: { fraction: 1 } });
   t.ok(c.ok, `check --read-data is clean: ${c.problems.map((p) => p.message).join('; ')}`);

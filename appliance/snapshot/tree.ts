@@ -52,16 +52,29 @@ function encodeBytes(key: string, b: Buffer): string {
  * Canonical JSON of a listing: nodes sorted by name bytes, fixed key order, so
  * an unchanged directory always yields the same bytes and the same blob id.
  * Names that are not valid UTF-8 are stored as nameB64 (likewise targetB64).
+ * Written node by node into one growing buffer, so a directory of many
+ * thousand entries never exists as a string of its whole listing too.
  */
 export function encodeTree(nodes: readonly TreeNode[]): Buffer {
   const sorted = [...nodes].sort((a, b) => Buffer.compare(a.name, b.name));
-  const parts: string[] = [];
+  let buf = Buffer.allocUnsafe(Math.max(64, sorted.length * 320));
+  let len = 0;
+  const put = (str: string) => {
+    const room = str.length * 3; // UTF-8 bytes of a JavaScript string are at most 3 per code unit
+    if (len + room > buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(buf.length * 2, len + room));
+      buf.copy(bigger, 0, 0, len);
+      buf = bigger;
+    }
+    len += buf.write(str, len, 'utf8');
+  };
+  put('{"nodes":[');
   for (let i = 0; i < sorted.length; i++) {
     const n = sorted[i]!;
     if (i > 0 && sorted[i - 1]!.name.equals(n.name)) {
       throw new HoldfastError('HF_INVALID_ARGUMENT', `duplicate name ${JSON.stringify(n.name.toString())} in a tree`);
     }
-    let s = `{${encodeBytes('name', n.name)},"type":"${n.type}","mode":${n.mode},"uid":${n.uid},"gid":${n.gid}` +
+    let s = `${i > 0 ? ',' : ''}{${encodeBytes('name', n.name)},"type":"${n.type}","mode":${n.mode},"uid":${n.uid},"gid":${n.gid}` +
       `,"mtime":[${n.mtime[0]},${n.mtime[1]}],"ctime":[${n.ctime[0]},${n.ctime[1]}]` +
       `,"size":${n.size},"inode":${n.inode},"device":${n.device},"links":${n.links}`;
     if (n.content) s += `,"content":[${n.content.map((c) => `"${c}"`).join(',')}]`;
@@ -70,9 +83,10 @@ export function encodeTree(nodes: readonly TreeNode[]): Buffer {
     if (n.rdev !== undefined) s += `,"rdev":${n.rdev}`;
     if (n.btime !== undefined) s += `,"btime":[${n.btime[0]},${n.btime[1]}]`;
     if (n.attributes !== undefined) s += `,"attrs":${n.attributes}`;
-    parts.push(`${s}}`);
+    put(`${s}}`);
   }
-  return Buffer.from(`{"nodes":[${parts.join(',')}]}`);
+  put(']}');
+  return buf.subarray(0, len);
 }
 
 const isInt = (v: unknown): v is number => Number.isSafeInteger(v);
