@@ -263,7 +263,12 @@ export class Archiver {
       } else {
         plain = await this.#repo.loadBlob(id);
       }
-      const nodes = decodeTree(plain, `parent tree of ${displayName(path)}`);
+      let nodes: TreeNode[];
+      try {
+        nodes = decodeTree(plain, `parent tree of ${displayName(path)}`);
+      } finally {
+        release(plain); // the nodes hold copies
+      }
       return { id, nodes, byName: new Map(nodes.map((n) => [n.name.toString('latin1'), n])) };
     } catch (err) {
       this.#warn(path, err, 'HF_WARN_SOURCE', `parent snapshot's tree unreadable, reading everything here: ${(err as Error).message}`);

@@ -149,11 +149,15 @@ export class BlobReader {
     if (hit) return hit;
     const start = loc.offset;
     const end = Math.max(loc.offset + loc.length, Math.min(loc.offset + this.#windowSize, this.#packDataEnd(loc)));
+    // A blob larger than a window gets a read of its own: nothing else is in
+    // it, so it is not cached, and its buffer is freed as soon as it is opened.
+    const alone = end - start > this.#windowSize;
     const w: Window = {
-      pack: loc.pack, start, end, users: 0, evicted: false,
+      pack: loc.pack, start, end, users: 0, evicted: alone,
       data: this.#read(loc.pack, start, end - start),
     };
     w.data.catch(() => undefined);
+    if (alone) return w;
     this.#windows.push(w);
     while (this.#windows.length > this.#keep) {
       const old = this.#windows.shift()!;

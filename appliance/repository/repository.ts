@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 
-import { BufferPool, Chunker, Sealer, SizedPools, deriveGearTable, sealBlobSize, sealBlobsSize, sha256 } from '../../native/index.ts';
+import { BufferPool, Chunker, Sealer, SizedPools, deriveGearTable, release, sealBlobSize, sealBlobsSize, sha256 } from '../../native/index.ts';
 import { HoldfastError, hasCode } from '../errors/index.ts';
 import { forEachLimit } from '../limits/index.ts';
 import { LocalStorage, type Storage } from '../storage/index.ts';
@@ -223,6 +223,8 @@ export class Repository {
       throw new HoldfastError('HF_PACK_CORRUPT',
         `pack ${shortId(loc.pack)} in ${this.storage.location}: blob ${shortId(id)} is damaged ` +
         `(${(cause as Error).message}); run \`holdfast check --read-data\``, { cause });
+    } finally {
+      release(sealed); // read for this call only: freed now, not at some later collection
     }
   }
 

@@ -128,9 +128,12 @@ class Restorer {
   /**
    * Directories whose metadata is applied at the end, in creation order
    * (a directory is created before anything in it, so walking this list
-   * backwards meets children before their parents).
+   * backwards meets children before their parents). Paths are kept as
+   * latin1 strings (byte for byte), not Buffers: a small Buffer is a view of
+   * an 8 KiB slab it keeps alive, and thousands of them held to the end kept
+   * tens of MB.
    */
-  readonly #dirs: { path: Buffer; node: TreeNode }[] = [];
+  readonly #dirs: { path: string; meta: FileMeta }[] = [];
   #failure: unknown = null;
 
   constructor(repo: Repository, base: Buffer, options: RestoreOptions) {
@@ -153,8 +156,9 @@ class Restorer {
     while (this.#tasks.size > 0) await Promise.allSettled([...this.#tasks]);
     if (this.#failure) throw this.#failure;
     for (let i = this.#dirs.length - 1; i >= 0; i--) {
-      const { path: p, node } = this.#dirs[i]!;
-      await setMeta(p, false, this.#meta(node)).catch((err: unknown) => this.#warn(p, 'HF_WARN_WRITE', `metadata not set: ${(err as Error).message}`));
+      const { path, meta } = this.#dirs[i]!;
+      const p = Buffer.from(path, 'latin1');
+      await setMeta(p, false, meta).catch((err: unknown) => this.#warn(p, 'HF_WARN_WRITE', `metadata not set: ${(err as Error).message}`));
     }
   }
 
@@ -429,7 +433,7 @@ class Restorer {
     });
     if (ok) {
       this.stats.dirs++;
-      this.#dirs.push({ path: p, node: n });
+      this.#dirs.push({ path: p.toString('latin1'), meta: this.#meta(n) });
     }
     return ok;
   }

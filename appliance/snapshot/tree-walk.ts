@@ -1,9 +1,16 @@
+import { release } from '../../native/index.ts';
 import { HoldfastError } from '../errors/index.ts';
 import { type BlobId, type Repository, shortId } from '../repository/index.ts';
 import { type TreeNode, decodeTree, displayName } from './tree.ts';
 
+/** Loads and decodes a tree blob (its bytes are freed at once: the nodes hold copies). */
 export async function loadTree(repo: Repository, id: BlobId): Promise<TreeNode[]> {
-  return decodeTree(await repo.loadBlob(id), `tree ${shortId(id)}`);
+  const plain = await repo.loadBlob(id);
+  try {
+    return decodeTree(plain, `tree ${shortId(id)}`);
+  } finally {
+    release(plain);
+  }
 }
 
 /** Splits an absolute snapshot path into name components ("/" gives none). */
