@@ -55,10 +55,44 @@ export interface BackupWarning {
 /** The live counters of a walk: the source side of a snapshot's statistics. */
 export type ArchiveStats = Pick<SnapshotStats, 'files' | 'dirs' | 'bytes' | 'filesRead' | 'filesUnchanged' | 'bytesRead'>;
 
+/** The parent snapshot's listing of a directory: nodes sorted by name bytes (as encodeTree writes them). */
 interface Listing {
   id: BlobId;
   nodes: TreeNode[];
-  byName: Map<string, TreeNode>;
+}
+
+/**
+ * The parent's node for each entry (both sorted by name bytes), by one merge
+ * pass: no map of names. A parent tree that is not sorted (damaged, or
+ * written by something else) only loses matches: those files are read again.
+ */
+function matchParent(entries: readonly { name: Buffer }[], parent: Listing | null): (TreeNode | null)[] {
+  const out: (TreeNode | null)[] = new Array(entries.length).fill(null);
+  if (!parent) return out;
+  const p = parent.nodes;
+  let j = 0;
+  for (let i = 0; i < entries.length && j < p.length; i++) {
+    const name = entries[i]!.name;
+    let c = -1;
+    while (j < p.length && (c = Buffer.compare(p[j]!.name, name)) < 0) j++;
+    if (c === 0) out[i] = p[j++]!;
+  }
+  return out;
+}
+
+/** The parent's node of one name (binary search; see matchParent). */
+function findParent(parent: Listing | null, name: Buffer): TreeNode | null {
+  if (!parent) return null;
+  let lo = 0;
+  let hi = parent.nodes.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const c = Buffer.compare(parent.nodes[mid]!.name, name);
+    if (c === 0) return parent.nodes[mid]!;
+    if (c < 0) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return null;
 }
 
 /** What the walk fetched for a directory before reaching it. Neither promise rejects. */
@@ -138,6 +172,26 @@ function reusable(e: SourceStat, p: TreeNode | null): p is TreeNode {
   return p !== null && p.type === 'file' && p.content !== undefined && p.size === e.size &&
     p.mtime[0] === e.mtime[0] && p.mtime[1] === e.mtime[1] && p.ctime[0] === e.ctime[0] && p.ctime[1] === e.ctime[1] &&
     p.inode === e.inode;
+}
+
+/**
+ * Whether the parent's node p records exactly what nodeOf(name, e, extra)
+ * would (same name assumed): then p itself is the node, and nothing is
+ * allocated for an unchanged entry. extra: a file's content or a
+ * directory's subtree, which must be the parent's too.
+ */
+function sameAsParent(e: SourceStat, p: TreeNode, extra: { content?: BlobId[]; subtree?: BlobId }): boolean {
+  if (p.type !== e.type || p.mode !== e.mode || p.uid !== e.uid || p.gid !== e.gid ||
+      p.mtime[0] !== e.mtime[0] || p.mtime[1] !== e.mtime[1] || p.ctime[0] !== e.ctime[0] || p.ctime[1] !== e.ctime[1] ||
+      p.size !== (e.type === 'file' ? e.size : 0) || p.inode !== e.inode || p.device !== e.device || p.links !== e.links ||
+      p.content !== extra.content || p.subtree !== extra.subtree || p.attributes !== e.attributes ||
+      p.btime?.[0] !== e.btime?.[0] || p.btime?.[1] !== e.btime?.[1]) {
+    return false;
+  }
+  if (e.type === 'symlink') return p.target !== undefined && p.target.equals(e.target ?? EMPTY);
+  if (p.target !== undefined) return false;
+  if (e.type === 'chardev' || e.type === 'blockdev') return p.rdev === e.rdev;
+  return p.rdev === undefined;
 }
 
 function nodeOf(name: Buffer, e: SourceStat, extra: Partial<TreeNode>): TreeNode {
@@ -269,7 +323,7 @@ export class Archiver {
       } finally {
         release(plain); // the nodes hold copies
       }
-      return { id, nodes, byName: new Map(nodes.map((n) => [n.name.toString('latin1'), n])) };
+      return { id, nodes };
     } catch (err) {
       this.#warn(path, err, 'HF_WARN_SOURCE', `parent snapshot's tree unreadable, reading everything here: ${(err as Error).message}`);
       return null;
@@ -282,7 +336,7 @@ export class Archiver {
    * and their parent trees in one request. Records each in `into`; returns
    * the index after the last entry considered.
    */
-  #fetchAhead(dir: Buffer, entries: readonly SourceEntry[], from: number, parent: Listing | null, into: Map<SourceEntry, Ahead>): number {
+  #fetchAhead(dir: Buffer, entries: readonly SourceEntry[], from: number, pnodes: readonly (TreeNode | null)[], into: Map<SourceEntry, Ahead>): number {
     const dirs: { e: SourceEntry; path: Buffer; tree: BlobId | null }[] = [];
     let bytes = 0;
     let i = from;
@@ -290,7 +344,7 @@ export class Archiver {
       const e = entries[i]!;
       if (e.type !== 'dir') continue;
       if (dirs.length > 0 && bytes + e.size > AHEAD_BYTES) break;
-      const pnode = parent?.byName.get(e.name.toString('latin1'));
+      const pnode = pnodes[i];
       const tree = !this.#force && pnode?.type === 'dir' ? pnode.subtree! : null;
       dirs.push({ e, path: joinPath(dir, e.name), tree });
       bytes += e.size;
@@ -331,7 +385,7 @@ export class Archiver {
   }
 
   async #saveTree(nodes: TreeNode[], parent: Listing | null): Promise<BlobId> {
-    if (parent && parent.nodes.length === nodes.length && nodes.every((n, i) => sameNode(n, parent.nodes[i]!))) {
+    if (parent && parent.nodes.length === nodes.length && nodes.every((n, i) => n === parent.nodes[i] || sameNode(n, parent.nodes[i]!))) {
       return parent.id;
     }
     const { id } = await this.#writer.saveBlob(BlobType.tree, encodeTree(nodes), null);
@@ -346,7 +400,7 @@ export class Archiver {
     for (const child of children) {
       this.#checkAbort();
       const childPath = joinPath(path, child.name);
-      const pnode = parent?.byName.get(child.name.toString('latin1')) ?? null;
+      const pnode = findParent(parent, child.name);
       let st: SourceStat;
       try {
         st = await this.#source.stat(childPath);
@@ -396,13 +450,14 @@ export class Archiver {
     for (const p of listing.problems) this.#sourceLost(p.error);
     for (const p of listing.problems) this.#warn(joinPath(path, p.name), p.error);
     const nodes: (TreeNode | Promise<TreeNode | null> | null)[] = [];
+    const pnodes = matchParent(listing.entries, parent);
     const fetched = new Map<SourceEntry, Ahead>();
     let fetchedUpTo = 0;
     let batch: BatchItem[] = [];
     let batchBytes = 0;
     for (const [i, e] of listing.entries.entries()) {
       this.#checkAbort();
-      const pnode = parent?.byName.get(e.name.toString('latin1')) ?? null;
+      const pnode = this.#force ? null : pnodes[i]!;
       const p = joinPath(path, e.name);
       if (this.#batchable(e, pnode)) {
         if (batch.length >= BATCH_FILES || batchBytes + e.size > BATCH_BYTES) {
@@ -415,7 +470,7 @@ export class Archiver {
         batchBytes += e.size;
         continue;
       }
-      if (e.type === 'dir' && i >= fetchedUpTo) fetchedUpTo = this.#fetchAhead(path, listing.entries, i, parent, fetched);
+      if (e.type === 'dir' && i >= fetchedUpTo) fetchedUpTo = this.#fetchAhead(path, listing.entries, i, pnodes, fetched);
       const pre = fetched.get(e) ?? null;
       fetched.delete(e);
       nodes.push((await this.#start(p, e.name, e, pnode, ancestors, pre)).node);
@@ -526,10 +581,11 @@ export class Archiver {
       }
       const chain = [...ancestors, identity];
       if (!this.#dirSlots.tryAcquire()) {
-        return { node: nodeOf(name, e, { subtree: await this.#dir(path, parentTree, chain, ahead) }) };
+        const subtree = await this.#dir(path, parentTree, chain, ahead);
+        return { node: pnode && sameAsParent(e, pnode, { subtree }) ? pnode : nodeOf(name, e, { subtree }) };
       }
       const task = this.#dir(path, parentTree, chain, ahead)
-        .then((subtree) => nodeOf(name, e, { subtree }))
+        .then((subtree) => (pnode && sameAsParent(e, pnode, { subtree }) ? pnode : nodeOf(name, e, { subtree })))
         .finally(() => {
           this.#dirSlots.release();
           this.#tasks.delete(task);
@@ -538,12 +594,12 @@ export class Archiver {
       task.catch((err: unknown) => { this.#failure ??= err; });
       return { node: task };
     }
-    if (e.type !== 'file') return { node: nodeOf(name, e, {}) };
+    if (e.type !== 'file') return { node: pnode && sameAsParent(e, pnode, {}) ? pnode : nodeOf(name, e, {}) };
     this.stats.files++;
     if (!this.#force && reusable(e, pnode)) {
       this.stats.filesUnchanged++;
       this.stats.bytes += e.size;
-      return { node: nodeOf(name, e, { content: pnode.content! }) };
+      return { node: sameAsParent(e, pnode, { content: pnode.content! }) ? pnode : nodeOf(name, e, { content: pnode.content! }) };
     }
     await this.#fileSlots.acquire();
     const large = e.size > SMALL_READ;
