@@ -3,6 +3,7 @@ import path from 'node:path';
 
 import t, { type Test } from 'tap';
 
+import { release } from '../native/index.ts';
 import { FaultyStorage, LocalStorage, MemoryStorage, type Storage } from '../appliance/storage/index.ts';
 import { tmpDir } from './helpers/tmp.ts';
 
@@ -43,6 +44,17 @@ for (const [name, make] of implementations) {
     t.same((await s.list('pack')).map((f) => f.name), [HEX('a')], 'nothing visible before commit');
     await w.commit(HEX('c'));
     t.equal((await s.load('pack', HEX('c'))).toString(), 'streamed pack');
+    // A loaded buffer is the caller's alone: freeing it (large enough not to
+    // come from Node's shared slab) leaves the storage and later loads intact.
+    const big = Buffer.alloc(256 << 10, 0x5a);
+    await s.save('pack', HEX('f'), [big]);
+    for (const [offset, length] of [[undefined, undefined], [1000, 100 << 10]] as const) {
+      const got = await s.load('pack', HEX('f'), offset, length);
+      release(got);
+      t.ok((got.buffer as ArrayBuffer).detached, 'the caller could free it');
+    }
+    t.ok((await s.load('pack', HEX('f'))).equals(big), 'a loaded buffer is the caller\'s: freed, the next load is intact');
+    await s.remove('pack', HEX('f'));
     const aborted = await s.create('pack');
     await aborted.write([Buffer.from('x')]);
     await aborted.abort();

@@ -49,7 +49,7 @@ export class RemoteStorage implements Storage {
     if (type === 'lock') {
       const b = this.#locks.get(name);
       if (!b) throw new HoldfastError('HF_STORAGE_NOT_FOUND', `lock ${name} is missing`);
-      return b;
+      return Buffer.from(b); // the caller's own copy (see Storage.load)
     }
     if (!replicated(type)) throw new HoldfastError('HF_STORAGE_NOT_FOUND', `${type} ${name} is missing from ${this.location}`);
     try {

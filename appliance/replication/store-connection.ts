@@ -482,11 +482,15 @@ export class StoreConnection {
     }
   }
 
-  /** A whole file or range in one buffer. */
+  /**
+   * A whole file or range in one buffer of its own: a copy, never a view of
+   * the socket's read buffers (Node reuses those for later reads), so the
+   * caller may keep it or free it.
+   */
   async getBuffer(type: ReplicatedType, name: string, offset?: number, length?: number): Promise<Buffer> {
     const parts: Buffer[] = [];
     for await (const p of this.get(type, name, offset, length)) parts.push(...p);
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    return Buffer.concat(parts);
   }
 }
 

@@ -38,6 +38,9 @@ export interface FileWriter {
  *   Saving a name that exists replaces it atomically, unless `exclusive`.
  * - `load` MUST reject with HF_STORAGE_NOT_FOUND for a missing file, and return
  *   exactly the bytes asked for (a range past the end is HF_IO).
+ *   The buffer it returns is the caller's alone: it MUST NOT share memory
+ *   (an ArrayBuffer) with anything the storage or its transport keeps or
+ *   reuses, because the caller may free it at once (`release()`).
  * - `list` returns every complete file of a type, in no particular order.
  * - `remove` is idempotent: removing a missing file resolves.
  * - Names are validated by the storage (see `validName`); types are fixed.
