@@ -8,7 +8,8 @@ import { run } from './run.ts';
 
 const SIZE = 1 << 30;
 const FILL_PIECE = 64 << 20;
-const RUNS = 3;
+/** Chunker and SHA-256 runs, taking turns (best of each compared): the machine's speed drifts between runs. */
+const RUNS = 5;
 const PARAMS = { minSize: 256 << 10, avgSize: 1 << 20, maxSize: 4 << 20 };
 const TARGET_RATIO = 1.5;
 
@@ -39,8 +40,8 @@ async function chunkOnce(gear: Buffer, buf: Buffer): Promise<{ seconds: number; 
  * OpenSSL SHA-256 throughput in GB/s from `openssl speed`, whose figures are
  * in units of 1000 bytes per second.
  */
-export function opensslSha256Gbps(): { gbps: number; line: string } {
-  const r = run({ file: 'openssl', args: ['speed', '-evp', 'sha256', '-bytes', '16384', '-seconds', '3'] });
+export function opensslSha256Gbps(seconds = 3): { gbps: number; line: string } {
+  const r = run({ file: 'openssl', args: ['speed', '-evp', 'sha256', '-bytes', '16384', '-seconds', String(seconds)] });
   const lines = r.stdout.split('\n');
   const header = lines.find((l) => /^type\s/.test(l));
   const data = lines.find((l) => /^sha256\s/i.test(l));
@@ -58,19 +59,20 @@ export async function benchChunker(): Promise<ChunkerResult> {
   const buf = randomBuffer(SIZE);
   const gear = deriveGearTable(randomBytes(32));
   const seconds: number[] = [];
+  const shas: { gbps: number; line: string }[] = [];
   let lengths: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     const r = await chunkOnce(gear, buf);
     seconds.push(r.seconds);
     lengths = r.lengths;
-    note(`chunker: run ${i + 1}: ${r.seconds.toFixed(3)} s, ${r.lengths.length} chunks`);
+    shas.push(opensslSha256Gbps(1));
+    note(`chunker: run ${i + 1}: ${r.seconds.toFixed(3)} s, ${r.lengths.length} chunks; openssl speed -evp sha256 -bytes 16384 -seconds 1: ${shas.at(-1)!.gbps.toFixed(3)} GB/s`);
   }
   release(buf);
   const covered = lengths.reduce((a, b) => a + b, 0);
   if (covered !== SIZE) throw new Error(`chunker covered ${covered} bytes of ${SIZE}`);
 
-  note('chunker: openssl speed -evp sha256 -bytes 16384 -seconds 3');
-  const sha = opensslSha256Gbps();
+  const sha = shas.reduce((a, b) => (b.gbps > a.gbps ? b : a));
   const best = Math.min(...seconds);
   const gbps = SIZE / best / 1e9;
   const ratio = gbps / sha.gbps;
@@ -80,6 +82,7 @@ export async function benchChunker(): Promise<ChunkerResult> {
     bytes: SIZE,
     best_seconds: round(best, 4),
     run_seconds: seconds.map((s) => round(s, 4)),
+    sha256_run_gbps: shas.map((x) => round(x.gbps, 3)),
     chunks: lengths.length,
     mean_chunk_bytes: Math.round(SIZE / lengths.length),
     params: PARAMS,
@@ -91,7 +94,7 @@ export async function benchChunker(): Promise<ChunkerResult> {
     pass: ratio >= TARGET_RATIO,
   };
   say(`chunker: ${result.gbps} GB/s (best of ${RUNS}), ${result.chunks} chunks, mean ${result.mean_chunk_bytes} B; ` +
-    `OpenSSL SHA-256 ${result.sha256_gbps} GB/s; ratio ${result.ratio} (target >= ${TARGET_RATIO}: ${result.pass ? 'PASS' : 'FAIL'})`);
+    `OpenSSL SHA-256 ${result.sha256_gbps} GB/s (best of ${RUNS}, taking turns with the chunker); ratio ${result.ratio} (target >= ${TARGET_RATIO}: ${result.pass ? 'PASS' : 'FAIL'})`);
   emit(result);
   return result;
 }
