@@ -438,19 +438,31 @@ export function release(buf: Uint8Array): void {
 }
 
 /**
- * Idle bytes all pools of the process keep together (IDLE_CAP): each pool
- * keeps up to its own `keep` idle buffers, but not beyond this shared total,
- * so that pools of different sizes and owners (read buffers, sealing
- * outputs, pack batches) do not each hold their worst case at once.
+ * Idle buffers of all pools of the process, oldest first: together they
+ * stay within IDLE_CAP, the least recently returned freed first. So a pool
+ * in use keeps what it reuses, while buffers of a pool whose phase is over
+ * (the large reads after a run of small files, say) are freed, instead of
+ * every pool holding its worst case at once. Fresh large buffers are not
+ * cheap: each is an mmap faulted in page by page, and their external
+ * memory drives V8's full collections.
  */
-const IDLE_CAP = 12 << 20;
+const IDLE_CAP = 16 << 20;
+const idleBuffers = new Map<Buffer, BufferPool>();
 let idleBytes = 0;
+
+function trimIdle(): void {
+  for (const [buf, pool] of idleBuffers) {
+    if (idleBytes <= IDLE_CAP) return;
+    pool.evict(buf);
+  }
+}
 
 /**
  * Reusable buffers of one size, so that the hot paths do not churn large
  * allocations through malloc and the garbage collector. get() hands out a
  * whole buffer; put() takes it (or any view of it) back. Beyond `keep` idle
- * buffers, or the process-wide IDLE_CAP, returned ones are freed at once.
+ * buffers returned ones are freed at once; idle buffers also go, least
+ * recently returned first, when all pools together hold more than IDLE_CAP.
  */
 export class BufferPool {
   readonly size: number;
@@ -466,6 +478,7 @@ export class BufferPool {
   get(): Buffer {
     const b = this.#idle.pop();
     if (b) {
+      idleBuffers.delete(b);
       idleBytes -= this.size;
       return b;
     }
@@ -483,12 +496,24 @@ export class BufferPool {
   put(buf: Uint8Array): void {
     const ab = buf.buffer as ArrayBuffer;
     if (!this.#mine.has(ab) || ab.detached) return;
-    if (this.#idle.length < this.#keep && idleBytes + this.size <= IDLE_CAP) {
-      this.#idle.push(Buffer.from(ab, 0, this.size));
-      idleBytes += this.size;
-    } else {
+    if (this.#idle.length >= this.#keep) {
       release(buf);
+      return;
     }
+    const whole = Buffer.from(ab, 0, this.size);
+    this.#idle.push(whole);
+    idleBuffers.set(whole, this);
+    idleBytes += this.size;
+    trimIdle();
+  }
+
+  /** Frees one of its idle buffers (the process-wide cap is reached). */
+  evict(buf: Buffer): void {
+    const i = this.#idle.indexOf(buf);
+    if (i >= 0) this.#idle.splice(i, 1);
+    idleBuffers.delete(buf);
+    idleBytes -= this.size;
+    release(buf);
   }
 }
 
@@ -522,11 +547,27 @@ export class SizedPools {
     return pool ? pool.get().subarray(0, n) : Buffer.allocUnsafeSlow(n);
   }
 
+  /** Whether buf is (a view of) one of these pools' buffers. */
+  owns(buf: Uint8Array): boolean {
+    return this.#pools.some((p) => p.owns(buf));
+  }
+
   /** Takes back what get() gave (nothing may use it afterwards). */
   put(buf: Uint8Array): void {
     const pool = this.#pools.find((p) => p.owns(buf));
     if (pool) pool.put(buf);
     else release(buf);
+  }
+
+  /** One buffer holding parts back to back (length bytes in all), from these pools. */
+  concat(parts: readonly Uint8Array[], length: number): Buffer {
+    const out = this.get(length);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
   }
 }
 

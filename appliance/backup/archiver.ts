@@ -1,8 +1,8 @@
-import { BufferPool, type Chunker, release } from '../../native/index.ts';
+import { BufferPool, type Chunker, SizedPools, release } from '../../native/index.ts';
 import { HoldfastError, errorCode, hasCode } from '../errors/index.ts';
 import { type BlobId, BlobReader, BlobType, type Repository, type RepositoryWriter, blobIdOf } from '../repository/index.ts';
 import {
-  type SnapshotStats, type TreeNode, decodeTree, displayName, encodeTree, sameNode,
+  type SnapshotStats, TreeEncoder, type TreeNode, decodeTree, displayName, encodeTree, sameNode,
 } from '../snapshot/index.ts';
 import { CHANGED_DURING_READ, type ListManyResult, type Source, type SourceEntry, type SourceStat, joinPath } from '../sources/index.ts';
 import { Semaphore } from '../limits/index.ts';
@@ -127,10 +127,10 @@ const ROOT = Buffer.from('/');
  */
 class Held {
   readonly buf: Buffer;
-  readonly #pool: BufferPool | null;
+  readonly #pool: BufferPool | SizedPools | null;
   #users = 1;
 
-  constructor(buf: Buffer, pool: BufferPool | null) {
+  constructor(buf: Buffer, pool: BufferPool | SizedPools | null) {
     this.buf = buf;
     this.#pool = pool?.owns(buf) ? pool : null;
   }
@@ -144,6 +144,94 @@ class Held {
     if (--this.#users > 0) return;
     if (this.#pool) this.#pool.put(this.buf);
     else release(this.buf);
+  }
+}
+
+const PENDING = Symbol('pending');
+
+/** Whether names strictly increase (the order Source.list promises, and tree blobs use). */
+function strictlySorted(entries: readonly { name: Buffer }[]): boolean {
+  for (let i = 1; i < entries.length; i++) if (Buffer.compare(entries[i - 1]!.name, entries[i]!.name) >= 0) return false;
+  return true;
+}
+
+/**
+ * A directory's nodes as the walk makes them, in listing order: values, or
+ * promises (files being read, directories being walked; null: left out).
+ * When the listing is sorted (Source.list's contract), a node is encoded as
+ * soon as it and every node before it are known, and dropped, and whether
+ * the tree equals the parent's is decided on the way: a directory of many
+ * thousand entries is held as its encoded bytes, not as node objects. An
+ * unsorted listing (a source breaking the contract) is kept and sorted at
+ * the end instead.
+ */
+class TreeSink {
+  readonly #parent: Listing | null;
+  readonly #encoder: TreeEncoder | null;
+  readonly #kept: TreeNode[] = [];
+  readonly #slots: (TreeNode | null | typeof PENDING)[] = [];
+  readonly #promises: Promise<unknown>[] = [];
+  #next = 0;
+  #same: boolean;
+  #error: unknown = null;
+
+  constructor(parent: Listing | null, sorted: boolean, expected: number) {
+    this.#parent = parent;
+    this.#encoder = sorted ? new TreeEncoder(expected) : null;
+    this.#same = parent !== null;
+  }
+
+  push(v: TreeNode | null | Promise<TreeNode | null>): void {
+    if (!(v instanceof Promise)) {
+      this.#slots.push(v);
+      this.#drain();
+      return;
+    }
+    const i = this.#slots.length;
+    this.#slots.push(PENDING);
+    // Settles with v; a rejection is the walk's failure (v's owner records it), reported by finish().
+    this.#promises.push(v);
+    v.then((n) => {
+      this.#slots[i] = n;
+      this.#drain();
+    }, () => undefined);
+  }
+
+  /**
+   * Once every node is known: the parent's tree id when the listing equals
+   * it, else the new tree's bytes (not yet stored).
+   */
+  async finish(): Promise<{ same: BlobId } | { nodes: TreeNode[] } | { bytes: Buffer }> {
+    await Promise.all(this.#promises);
+    this.#drain();
+    if (this.#error) throw this.#error;
+    const p = this.#parent;
+    if (!this.#encoder) return { nodes: this.#kept };
+    if (p && this.#same && this.#encoder.count === p.nodes.length) return { same: p.id };
+    return { bytes: this.#encoder.finish() };
+  }
+
+  #drain(): void {
+    while (this.#next < this.#slots.length && this.#error === null) {
+      const n = this.#slots[this.#next]!;
+      if (n === PENDING) return;
+      this.#slots[this.#next++] = null; // handed over: no longer held here
+      if (n === null) continue;
+      if (!this.#encoder) {
+        this.#kept.push(n);
+        continue;
+      }
+      const k = this.#encoder.count;
+      if (this.#same) {
+        const pn = this.#parent!.nodes[k];
+        this.#same = pn !== undefined && (pn === n || sameNode(n, pn));
+      }
+      try {
+        this.#encoder.add(n);
+      } catch (err) {
+        this.#error = err;
+      }
+    }
   }
 }
 
@@ -239,6 +327,8 @@ export class Archiver {
   readonly #smallReads = new BufferPool(SMALL_READ, 2);
   readonly #largeReads = new BufferPool(LARGE_READ, LARGE_FILES);
   readonly #batchReads = new BufferPool(BATCH_BYTES, BATCHES_IN_FLIGHT);
+  /** Chunks spanning two reads are joined into these. */
+  readonly #joins = new SizedPools(256 << 10, 4 << 20, 8 << 20);
   readonly #batchSlots = new Semaphore(BATCHES_IN_FLIGHT);
   readonly #dirSlots = new Semaphore(DIRS_IN_FLIGHT);
   readonly #chunkers: Chunker[] = [];
@@ -336,15 +426,17 @@ export class Archiver {
    * and their parent trees in one request. Records each in `into`; returns
    * the index after the last entry considered.
    */
-  #fetchAhead(dir: Buffer, entries: readonly SourceEntry[], from: number, pnodes: readonly (TreeNode | null)[], into: Map<SourceEntry, Ahead>): number {
+  #fetchAhead(dir: Buffer, entries: readonly (SourceEntry | undefined)[], from: number, first: SourceEntry, firstParent: TreeNode | null,
+    pnodes: readonly (TreeNode | null)[], into: Map<SourceEntry, Ahead>): number {
     const dirs: { e: SourceEntry; path: Buffer; tree: BlobId | null }[] = [];
     let bytes = 0;
     let i = from;
     for (; i < entries.length && dirs.length < AHEAD_DIRS; i++) {
-      const e = entries[i]!;
+      // entries[from] (the directory being started) is no longer in the list: it is `first`
+      const e = i === from ? first : entries[i]!;
       if (e.type !== 'dir') continue;
       if (dirs.length > 0 && bytes + e.size > AHEAD_BYTES) break;
-      const pnode = pnodes[i];
+      const pnode = i === from ? firstParent : pnodes[i];
       const tree = !this.#force && pnode?.type === 'dir' ? pnode.subtree! : null;
       dirs.push({ e, path: joinPath(dir, e.name), tree });
       bytes += e.size;
@@ -449,15 +541,20 @@ export class Archiver {
     const listing = listed;
     for (const p of listing.problems) this.#sourceLost(p.error);
     for (const p of listing.problems) this.#warn(joinPath(path, p.name), p.error);
-    const nodes: (TreeNode | Promise<TreeNode | null> | null)[] = [];
+    const entries: (SourceEntry | undefined)[] = listing.entries;
     const pnodes = matchParent(listing.entries, parent);
+    const nodes = new TreeSink(parent, strictlySorted(listing.entries), entries.length);
     const fetched = new Map<SourceEntry, Ahead>();
     let fetchedUpTo = 0;
     let batch: BatchItem[] = [];
     let batchBytes = 0;
-    for (const [i, e] of listing.entries.entries()) {
+    for (let i = 0; i < entries.length; i++) {
       this.#checkAbort();
+      const e = entries[i]!;
+      // Walked entries are dropped as the walk goes (a large directory's listing is not held to its end).
+      entries[i] = undefined;
       const pnode = this.#force ? null : pnodes[i]!;
+      pnodes[i] = null;
       const p = joinPath(path, e.name);
       if (this.#batchable(e, pnode)) {
         if (batch.length >= BATCH_FILES || batchBytes + e.size > BATCH_BYTES) {
@@ -470,14 +567,18 @@ export class Archiver {
         batchBytes += e.size;
         continue;
       }
-      if (e.type === 'dir' && i >= fetchedUpTo) fetchedUpTo = this.#fetchAhead(path, listing.entries, i, pnodes, fetched);
+      if (e.type === 'dir' && i >= fetchedUpTo) fetchedUpTo = this.#fetchAhead(path, entries, i, e, pnode, pnodes, fetched);
       const pre = fetched.get(e) ?? null;
       fetched.delete(e);
       nodes.push((await this.#start(p, e.name, e, pnode, ancestors, pre)).node);
     }
     // Flushed before the listing is awaited: its nodes wait on this batch.
     if (batch.length > 0) await this.#startBatch(batch);
-    return this.#saveTree(await this.#settle(nodes), parent);
+    const done = await nodes.finish();
+    this.#checkAbort();
+    if ('same' in done) return done.same;
+    if ('nodes' in done) return this.#saveTree(done.nodes, parent);
+    return (await this.#writer.saveBlob(BlobType.tree, done.bytes, null)).id;
   }
 
   /** A file to read in a batch: new or changed, one chunk, one link, and a source that can. */
@@ -683,7 +784,7 @@ export class Archiver {
     /** One buffer holding all of parts (the parts are dropped). */
     const join = (parts: Held[], length: number): Held => {
       if (parts.length === 1) return parts[0]!;
-      const joined = new Held(Buffer.concat(parts.map((p) => p.buf), length), null);
+      const joined = new Held(this.#joins.concat(parts.map((p) => p.buf), length), this.#joins);
       for (const p of parts) p.drop();
       return joined;
     };
@@ -721,7 +822,7 @@ export class Archiver {
           if (carryLen === 0) {
             await store(blobIdOf(c.id), buf.subarray(off, off + need), piece);
           } else {
-            const joined = new Held(Buffer.concat([...carry.map((x) => x.view), buf.subarray(off, off + need)], c.length), null);
+            const joined = new Held(this.#joins.concat([...carry.map((x) => x.view), buf.subarray(off, off + need)], c.length), this.#joins);
             for (const x of carry) x.held.drop();
             await store(blobIdOf(c.id), joined.buf, joined);
             joined.drop();
@@ -744,7 +845,7 @@ export class Archiver {
             if (carry.length === 1) {
               tail = carry[0]!;
             } else {
-              const joined = new Held(Buffer.concat(carry.map((x) => x.view), carryLen), null);
+              const joined = new Held(this.#joins.concat(carry.map((x) => x.view), carryLen), this.#joins);
               for (const x of carry) x.held.drop();
               tail = { held: joined, view: joined.buf };
             }

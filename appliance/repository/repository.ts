@@ -306,7 +306,8 @@ export class RepositoryWriter {
     this.written = keepEntries ? [] : null;
     const maxChunk = repo.config.chunker.maxSize;
     this.#batches = new BufferPool(2 << 20, 2);
-    this.#outputs = new SizedPools(4 << 10, sealBlobSize(maxChunk), 1 << 20);
+    // Enough of each class for the sealing jobs in flight (the threadpool's four, and the queue).
+    this.#outputs = new SizedPools(4 << 10, sealBlobSize(maxChunk), 8 << 20);
     this.#packers = new Map([
       [BlobType.data, new PackWriter(repo.storage, BlobType.data, this.#batches)],
       [BlobType.tree, new PackWriter(repo.storage, BlobType.tree, this.#batches)],
