@@ -9,7 +9,7 @@ import { check } from '../appliance/maintenance/index.ts';
 import { Repository } from '../appliance/repository/index.ts';
 import { restore } from '../appliance/restore/index.ts';
 import { listSnapshots, locatePath } from '../appliance/snapshot/index.ts';
-import { CHANGED_DURING_READ, LocalSource, type ReadBuffers, type ReadManyResult } from '../appliance/sources/index.ts';
+import { CHANGED_DURING_READ, LocalSource, type ReadBuffers, type ReadManyResult, type Source } from '../appliance/sources/index.ts';
 import { LocalStorage, filePath } from '../appliance/storage/index.ts';
 import { tmpDir } from './helpers/tmp.ts';
 import { allocated, compareTrees, makeOddTree, pseudoRandom } from './helpers/tree.ts';
@@ -119,6 +119,29 @@ t.test('a damaged tree: the next backup reads that directory again with a warnin
   const others = fs.readdirSync(src).filter((d) => d !== 'd17');
   t.same(others.flatMap((d) => compareTrees(path.join(src, d), path.join(target, src, d))), [], 'every other directory restores identical');
   t.same(fs.readdirSync(path.join(target, victim)), [], 'the damaged directory is there, empty');
+});
+
+t.test('a source that lists out of order (against its contract) still gives the canonical tree', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  await makeOddTree(src);
+  const repo = await newRepo(t, dir);
+  const inOrder = await backup(repo, new LocalSource(), { paths: [src], parent: null });
+  const local = new LocalSource();
+  const reversed: Source = {
+    kind: local.kind, location: local.location,
+    stat: (p) => local.stat(p),
+    list: async (d) => {
+      const l = await local.list(d);
+      return { ...l, entries: [...l.entries].reverse() };
+    },
+    read: (p, size, buffers) => local.read(p, size, buffers),
+    readMany: (paths, sizes, into) => local.readMany(paths, sizes, into),
+    close: () => local.close(),
+  };
+  const out = await backup(repo, reversed, { paths: [src], parent: null });
+  t.equal(out.snapshot.tree, inOrder.snapshot.tree, 'the same root tree, byte for byte');
+  t.same(out.warnings, []);
 });
 
 t.test('restore of a subtree, and over an existing target with a symlink planted in it', async (t) => {

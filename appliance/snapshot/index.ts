@@ -1,4 +1,4 @@
-export { EMPTY_TREE_JSON, type NodeType, type Timespec, type TreeNode, decodeTree, displayName, encodeTree, isSafeName, sameNode } from './tree.ts';
+export { EMPTY_TREE_JSON, type NodeType, type Timespec, TreeEncoder, type TreeNode, decodeTree, displayName, encodeTree, isSafeName, sameNode } from './tree.ts';
 export {
   type Snapshot, type SnapshotEntry, type SnapshotStats, decodeSnapshot, encodeSnapshot, listSnapshots, loadSnapshot,
   resolveSnapshot, saveSnapshot,

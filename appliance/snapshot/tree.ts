@@ -49,32 +49,35 @@ function encodeBytes(key: string, b: Buffer): string {
 }
 
 /**
- * Canonical JSON of a listing: nodes sorted by name bytes, fixed key order, so
- * an unchanged directory always yields the same bytes and the same blob id.
- * Names that are not valid UTF-8 are stored as nameB64 (likewise targetB64).
- * Written node by node into one growing buffer, so a directory of many
- * thousand entries never exists as a string of its whole listing too.
+ * Writes a tree blob node by node, in name order, into one growing buffer:
+ * the canonical JSON of encodeTree, so a walk can hand each node over as
+ * soon as it has it and keep none (a directory of many thousand entries is
+ * then held as its encoded bytes, not as objects, and never as one string).
  */
-export function encodeTree(nodes: readonly TreeNode[]): Buffer {
-  const sorted = [...nodes].sort((a, b) => Buffer.compare(a.name, b.name));
-  let buf = Buffer.allocUnsafe(Math.max(64, sorted.length * 320));
-  let len = 0;
-  const put = (str: string) => {
-    const room = str.length * 3; // UTF-8 bytes of a JavaScript string are at most 3 per code unit
-    if (len + room > buf.length) {
-      const bigger = Buffer.allocUnsafe(Math.max(buf.length * 2, len + room));
-      buf.copy(bigger, 0, 0, len);
-      buf = bigger;
+export class TreeEncoder {
+  #buf: Buffer;
+  #len = 0;
+  #count = 0;
+  #last: Buffer | null = null;
+
+  /** expected: the number of nodes likely to come (sizes the first buffer). */
+  constructor(expected = 0) {
+    this.#buf = Buffer.allocUnsafe(Math.max(64, expected * 320));
+    this.#put('{"nodes":[');
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Appends a node; its name MUST sort after the previous one's (HF_INVALID_ARGUMENT: a duplicate, or out of order). */
+  add(n: TreeNode): void {
+    if (this.#last) {
+      const c = Buffer.compare(this.#last, n.name);
+      if (c === 0) throw new HoldfastError('HF_INVALID_ARGUMENT', `duplicate name ${JSON.stringify(n.name.toString())} in a tree`);
+      if (c > 0) throw new HoldfastError('HF_INVALID_ARGUMENT', `name ${JSON.stringify(n.name.toString())} out of order in a tree`);
     }
-    len += buf.write(str, len, 'utf8');
-  };
-  put('{"nodes":[');
-  for (let i = 0; i < sorted.length; i++) {
-    const n = sorted[i]!;
-    if (i > 0 && sorted[i - 1]!.name.equals(n.name)) {
-      throw new HoldfastError('HF_INVALID_ARGUMENT', `duplicate name ${JSON.stringify(n.name.toString())} in a tree`);
-    }
-    let s = `${i > 0 ? ',' : ''}{${encodeBytes('name', n.name)},"type":"${n.type}","mode":${n.mode},"uid":${n.uid},"gid":${n.gid}` +
+    let s = `${this.#count > 0 ? ',' : ''}{${encodeBytes('name', n.name)},"type":"${n.type}","mode":${n.mode},"uid":${n.uid},"gid":${n.gid}` +
       `,"mtime":[${n.mtime[0]},${n.mtime[1]}],"ctime":[${n.ctime[0]},${n.ctime[1]}]` +
       `,"size":${n.size},"inode":${n.inode},"device":${n.device},"links":${n.links}`;
     if (n.content) s += `,"content":[${n.content.map((c) => `"${c}"`).join(',')}]`;
@@ -83,10 +86,39 @@ export function encodeTree(nodes: readonly TreeNode[]): Buffer {
     if (n.rdev !== undefined) s += `,"rdev":${n.rdev}`;
     if (n.btime !== undefined) s += `,"btime":[${n.btime[0]},${n.btime[1]}]`;
     if (n.attributes !== undefined) s += `,"attrs":${n.attributes}`;
-    put(`${s}}`);
+    this.#put(`${s}}`);
+    this.#last = n.name;
+    this.#count++;
   }
-  put(']}');
-  return buf.subarray(0, len);
+
+  /** The tree blob's bytes (the encoder is done). */
+  finish(): Buffer {
+    this.#put(']}');
+    return this.#buf.subarray(0, this.#len);
+  }
+
+  #put(str: string): void {
+    const room = str.length * 3; // UTF-8 bytes of a JavaScript string are at most 3 per code unit
+    if (this.#len + room > this.#buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.#buf.length * 2, this.#len + room));
+      this.#buf.copy(bigger, 0, 0, this.#len);
+      this.#buf = bigger;
+    }
+    this.#len += this.#buf.write(str, this.#len, 'utf8');
+  }
+}
+
+/**
+ * Canonical JSON of a listing: nodes sorted by name bytes, fixed key order, so
+ * an unchanged directory always yields the same bytes and the same blob id.
+ * Names that are not valid UTF-8 are stored as nameB64 (likewise targetB64).
+ * Duplicate names are HF_INVALID_ARGUMENT.
+ */
+export function encodeTree(nodes: readonly TreeNode[]): Buffer {
+  const sorted = [...nodes].sort((a, b) => Buffer.compare(a.name, b.name));
+  const e = new TreeEncoder(sorted.length);
+  for (const n of sorted) e.add(n);
+  return e.finish();
 }
 
 const isInt = (v: unknown): v is number => Number.isSafeInteger(v);
