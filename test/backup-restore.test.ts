@@ -81,6 +81,24 @@ t.test('incremental: unchanged files are not read; changed ones are; only new ch
   const forced = await backup(repo, new LocalSource(), { paths: [src], force: true });
   t.equal(forced.snapshot.stats.filesRead, 51, '--force reads everything');
   t.equal(forced.snapshot.stats.blobsAdded, 0, 'but stores nothing new');
+  t.equal(forced.snapshot.tree, third.snapshot.tree, 'and makes the same tree as the incremental backup');
+
+  // Changes at the start, in the middle and at the end of a listing (the
+  // parent's equal nodes are matched until the first difference): the
+  // incremental tree is the one a backup without a parent makes.
+  fs.rmSync(path.join(src, 'big'));
+  fs.writeFileSync(path.join(src, 'a-new-first'), 'first');
+  fs.writeFileSync(path.join(src, 'f3'), 'changed too');
+  fs.writeFileSync(path.join(src, 'zz-new-last'), 'last');
+  const fourth = await backup(repo, new LocalSource(), { paths: [src] });
+  t.equal(fourth.snapshot.stats.filesRead, 3, 'the new and changed files read');
+  const fresh = await backup(repo, new LocalSource(), { paths: [src], parent: null });
+  t.equal(fourth.snapshot.tree, fresh.snapshot.tree, 'the incremental tree equals a fresh one');
+  fs.rmSync(path.join(src, 'zz-new-last'));
+  const fifth = await backup(repo, new LocalSource(), { paths: [src] });
+  t.equal(fifth.snapshot.stats.filesRead, 0, 'a deleted last file: nothing read');
+  t.not(fifth.snapshot.tree, fourth.snapshot.tree, 'but the tree changed');
+  t.equal(fifth.snapshot.tree, (await backup(repo, new LocalSource(), { paths: [src], parent: null })).snapshot.tree, 'to the canonical one');
 });
 
 t.test('a damaged tree: the next backup reads that directory again with a warning, its siblings stay unread; restore loses only that directory', async (t) => {

@@ -158,27 +158,31 @@ function strictlySorted(entries: readonly { name: Buffer }[]): boolean {
 /**
  * A directory's nodes as the walk makes them, in listing order: values, or
  * promises (files being read, directories being walked; null: left out).
- * When the listing is sorted (Source.list's contract), a node is encoded as
- * soon as it and every node before it are known, and dropped, and whether
- * the tree equals the parent's is decided on the way: a directory of many
- * thousand entries is held as its encoded bytes, not as node objects. An
- * unsorted listing (a source breaking the contract) is kept and sorted at
- * the end instead.
+ * When the listing is sorted (Source.list's contract), nodes are compared
+ * with the parent's as they arrive (in order), and the moment one differs
+ * the tree is encoded node by node from then on (the equal ones before it
+ * first), each node dropped once encoded: a directory of many thousand
+ * entries is held as its encoded bytes, not as node objects, and an
+ * unchanged one is never encoded at all. An unsorted listing (a source
+ * breaking the contract) is kept and sorted at the end instead.
  */
 class TreeSink {
   readonly #parent: Listing | null;
-  readonly #encoder: TreeEncoder | null;
+  readonly #sorted: boolean;
+  readonly #expected: number;
   readonly #kept: TreeNode[] = [];
   readonly #slots: (TreeNode | null | typeof PENDING)[] = [];
   readonly #promises: Promise<unknown>[] = [];
+  #encoder: TreeEncoder | null = null;
   #next = 0;
-  #same: boolean;
+  /** Nodes so far, all equal to the parent's at the same positions (while #encoder is null). */
+  #matched = 0;
   #error: unknown = null;
 
   constructor(parent: Listing | null, sorted: boolean, expected: number) {
     this.#parent = parent;
-    this.#encoder = sorted ? new TreeEncoder(expected) : null;
-    this.#same = parent !== null;
+    this.#sorted = sorted;
+    this.#expected = expected;
   }
 
   push(v: TreeNode | null | Promise<TreeNode | null>): void {
@@ -199,16 +203,25 @@ class TreeSink {
 
   /**
    * Once every node is known: the parent's tree id when the listing equals
-   * it, else the new tree's bytes (not yet stored).
+   * it, else the new tree's bytes (not yet stored), or (unsorted) its nodes.
    */
   async finish(): Promise<{ same: BlobId } | { nodes: TreeNode[] } | { bytes: Buffer }> {
     await Promise.all(this.#promises);
     this.#drain();
     if (this.#error) throw this.#error;
+    if (!this.#sorted) return { nodes: this.#kept };
     const p = this.#parent;
-    if (!this.#encoder) return { nodes: this.#kept };
-    if (p && this.#same && this.#encoder.count === p.nodes.length) return { same: p.id };
-    return { bytes: this.#encoder.finish() };
+    if (!this.#encoder && p && this.#matched === p.nodes.length) return { same: p.id };
+    return { bytes: this.#encoderFrom().finish() };
+  }
+
+  /** The encoder, started (with the matched prefix, the parent's equal nodes) on first use. */
+  #encoderFrom(): TreeEncoder {
+    if (!this.#encoder) {
+      this.#encoder = new TreeEncoder(this.#expected);
+      for (let k = 0; k < this.#matched; k++) this.#encoder.add(this.#parent!.nodes[k]!);
+    }
+    return this.#encoder;
   }
 
   #drain(): void {
@@ -217,17 +230,19 @@ class TreeSink {
       if (n === PENDING) return;
       this.#slots[this.#next++] = null; // handed over: no longer held here
       if (n === null) continue;
-      if (!this.#encoder) {
+      if (!this.#sorted) {
         this.#kept.push(n);
         continue;
       }
-      const k = this.#encoder.count;
-      if (this.#same) {
-        const pn = this.#parent!.nodes[k];
-        this.#same = pn !== undefined && (pn === n || sameNode(n, pn));
+      if (!this.#encoder && this.#parent) {
+        const pn = this.#parent.nodes[this.#matched];
+        if (pn !== undefined && (pn === n || sameNode(n, pn))) {
+          this.#matched++;
+          continue;
+        }
       }
       try {
-        this.#encoder.add(n);
+        this.#encoderFrom().add(n);
       } catch (err) {
         this.#error = err;
       }
