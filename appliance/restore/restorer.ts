@@ -230,8 +230,11 @@ class Restorer {
     const seen = new Set<string>();
     let batch: { p: Buffer; n: TreeNode }[] = [];
     let batchBytes = 0;
-    for (const n of nodes) {
+    const list: (TreeNode | undefined)[] = nodes;
+    for (let i = 0; i < list.length; i++) {
       this.#checkAbort();
+      const n = list[i]!;
+      list[i] = undefined; // handed over: a large directory's nodes are not all held to its end
       const p = join(dir, n.name);
       if (!isSafeName(n.name)) {
         this.#warn(p, 'HF_WARN_UNSAFE_NAME', 'refused: the name is empty, ".", "..", or holds "/" or NUL');
