@@ -109,6 +109,19 @@ static int get_bool(napi_env env, napi_value v, bool *out) {
 }
 
 /* A NUL-terminated copy of a path given as bytes; NULL when it holds a NUL. */
+/* NUL-separated paths (each non-empty, the last NUL-terminated): their bytes and count. */
+static int get_paths(napi_env env, napi_value v, uint8_t **paths, size_t *len, size_t *count) {
+  size_t n = 0;
+  if (!get_bytes(env, v, paths, len) || *len == 0 || (*paths)[*len - 1] != 0) return 0;
+  for (size_t i = 0; i < *len; i++) {
+    if ((*paths)[i] != 0) continue;
+    if (i == 0 || (*paths)[i - 1] == 0) return 0;
+    n++;
+  }
+  *count = n;
+  return 1;
+}
+
 static char *dup_path(const uint8_t *p, size_t n) {
   if (n == 0 || memchr(p, 0, n)) return NULL;
   char *s = malloc(n + 1);
@@ -1177,13 +1190,8 @@ static napi_value scandir_many(napi_env env, napi_callback_info info) {
   uint8_t *paths;
   size_t paths_len, count = 0;
   if (!get_args(env, info, 1, argv)) return NULL;
-  if (!get_bytes(env, argv[0], &paths, &paths_len) || paths_len == 0 || paths[paths_len - 1] != 0)
-    return invalid(env, "scandirMany(paths): NUL-terminated paths");
-  for (size_t i = 0; i < paths_len; i++) {
-    if (paths[i] != 0) continue;
-    if (i == 0 || paths[i - 1] == 0) return invalid(env, "scandirMany: an empty path");
-    count++;
-  }
+  if (!get_paths(env, argv[0], &paths, &paths_len, &count))
+    return invalid(env, "scandirMany(paths): non-empty NUL-terminated paths");
   NEW_JOB(scan_many_job, j);
   j->base.exec = scan_many_exec;
   j->base.done = scan_many_done;
@@ -1353,12 +1361,11 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   uint32_t n = 0;
   static uint8_t none;
   if (!get_args(env, info, 3, argv)) return NULL;
-  if (!get_bytes(env, argv[0], &paths, &paths_len) || paths_len == 0 || paths[paths_len - 1] != 0 ||
+  size_t count = 0;
+  if (!get_paths(env, argv[0], &paths, &paths_len, &count) ||
       napi_is_array(env, argv[1], &is_arr) != napi_ok || !is_arr || !get_bytes(env, argv[2], &out, &out_len))
     return invalid(env, "readFiles(paths: NUL-separated bytes, sizes: number[], out)");
   CALL(env, napi_get_array_length(env, argv[1], &n));
-  size_t count = 0;
-  for (size_t i = 0; i < paths_len; i++) count += paths[i] == 0;
   if (count != n || n == 0) return invalid(env, "readFiles: one size per path");
   NEW_JOB(read_many_job, j);
   j->base.exec = read_many_exec;
@@ -1446,14 +1453,13 @@ static napi_value write_files(napi_env env, napi_callback_info info) {
   bool is_arr = false, nums_arr = false;
   uint32_t n = 0, nn = 0;
   if (!get_args(env, info, 3, argv)) return NULL;
-  if (!get_bytes(env, argv[0], &paths, &paths_len) || paths_len == 0 || paths[paths_len - 1] != 0 ||
+  size_t count = 0;
+  if (!get_paths(env, argv[0], &paths, &paths_len, &count) ||
       napi_is_array(env, argv[1], &is_arr) != napi_ok || !is_arr ||
       napi_is_array(env, argv[2], &nums_arr) != napi_ok || !nums_arr)
     return invalid(env, "writeFiles(paths, parts, nums)");
   CALL(env, napi_get_array_length(env, argv[1], &n));
   CALL(env, napi_get_array_length(env, argv[2], &nn));
-  size_t count = 0;
-  for (size_t i = 0; i < paths_len; i++) count += paths[i] == 0;
   if (count != n || n == 0 || nn != n * WRITE_NUMS) return invalid(env, "writeFiles: one part and 9 numbers per path");
   NEW_JOB(write_many_job, j);
   j->base.exec = write_many_exec;
