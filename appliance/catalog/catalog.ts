@@ -2,9 +2,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import sqlite3 from 'sqlite3';
-
 import { HoldfastError } from '../errors/index.ts';
+import { SqliteDb } from '../sqlite/index.ts';
 import { type BlobId, type Repository, type SnapshotId, shortId } from '../repository/index.ts';
 import { type NodeType, type TreeNode, displayName, listSnapshots, loadTree, splitPath } from '../snapshot/index.ts';
 
@@ -40,12 +39,12 @@ export interface FindMatch extends CatalogEntry {
  * catalog grows with changes, not with snapshots × files.
  */
 export class Catalog {
-  readonly #db: sqlite3.Database;
+  readonly #db: SqliteDb;
   readonly file: string;
 
-  private constructor(db: sqlite3.Database, file: string) {
+  private constructor(db: SqliteDb) {
     this.#db = db;
-    this.file = file;
+    this.file = db.file;
   }
 
   /** Opens (creating if needed) the catalog of a repository in a cache directory. */
@@ -53,20 +52,18 @@ export class Catalog {
     const dir = path.join(cacheDir, repoId);
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const file = path.join(dir, 'catalog.sqlite');
-    const db = await new Promise<sqlite3.Database>((resolve, reject) => {
-      const d = new sqlite3.Database(file, (err) => (err ? reject(err) : resolve(d)));
-    }).catch((cause: unknown) => {
+    const db = await SqliteDb.open(file).catch((cause: unknown) => {
       throw new HoldfastError('HF_IO', `cannot open the catalog ${file}: ${(cause as Error).message}`, { cause });
     });
-    const c = new Catalog(db, file);
-    await c.#exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;');
-    const version = await c.#get<{ value: string }>("SELECT value FROM meta WHERE key = 'schema'").catch(() => undefined);
+    const c = new Catalog(db);
+    await c.#db.exec('PRAGMA foreign_keys = OFF;');
+    const version = await c.#db.get<{ value: string }>("SELECT value FROM meta WHERE key = 'schema'").catch(() => undefined);
     if (version?.value !== SCHEMA_VERSION) await c.#createSchema();
     return c;
   }
 
   async #createSchema(): Promise<void> {
-    await this.#exec(`
+    await this.#db.exec(`
       DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS snapshots; DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS trees;
       CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
       CREATE TABLE trees (id INTEGER PRIMARY KEY, blob TEXT NOT NULL UNIQUE);
@@ -82,22 +79,22 @@ export class Catalog {
   /** Brings the catalog up to date with the repository. */
   async sync(repo: Repository): Promise<{ added: number; removed: number }> {
     const { snapshots } = await listSnapshots(repo);
-    const known = new Set((await this.#all<{ id: string }>('SELECT id FROM snapshots')).map((r) => r.id));
+    const known = new Set((await this.#db.all<{ id: string }>('SELECT id FROM snapshots')).map((r) => r.id));
     const present = new Set<string>(snapshots.map((s) => s.id));
     const gone = [...known].filter((id) => !present.has(id));
     const fresh = snapshots.filter((s) => !known.has(s.id));
     if (gone.length === 0 && fresh.length === 0) return { added: 0, removed: 0 };
-    await this.#exec('BEGIN');
+    await this.#db.exec('BEGIN');
     try {
-      for (const id of gone) await this.#run('DELETE FROM snapshots WHERE id = ?', [id]);
+      for (const id of gone) await this.#db.run('DELETE FROM snapshots WHERE id = ?', [id]);
       const treeIds = new Map<string, number>();
       for (const s of fresh) {
         const root = await this.#indexTree(repo, s.snapshot.tree, treeIds);
-        await this.#run('INSERT INTO snapshots (id, time, host, root) VALUES (?, ?, ?, ?)', [s.id, s.snapshot.time, s.snapshot.host, root]);
+        await this.#db.run('INSERT INTO snapshots (id, time, host, root) VALUES (?, ?, ?, ?)', [s.id, s.snapshot.time, s.snapshot.host, root]);
       }
       if (gone.length > 0) {
         // Drop listings no remaining snapshot reaches.
-        await this.#exec(`
+        await this.#db.exec(`
           CREATE TEMP TABLE live AS
             WITH RECURSIVE r(id) AS (SELECT root FROM snapshots
               UNION SELECT e.subtree FROM entries e JOIN r ON e.tree = r.id WHERE e.subtree IS NOT NULL)
@@ -106,9 +103,9 @@ export class Catalog {
           DELETE FROM trees WHERE id NOT IN (SELECT id FROM live);
           DROP TABLE live;`);
       }
-      await this.#exec('COMMIT');
+      await this.#db.exec('COMMIT');
     } catch (err) {
-      await this.#exec('ROLLBACK').catch(() => undefined);
+      await this.#db.exec('ROLLBACK').catch(() => undefined);
       throw err;
     }
     return { added: fresh.length, removed: gone.length };
@@ -118,7 +115,7 @@ export class Catalog {
   async #indexTree(repo: Repository, blob: BlobId, ids: Map<string, number>): Promise<number> {
     const cached = ids.get(blob);
     if (cached !== undefined) return cached;
-    const row = await this.#get<{ id: number }>('SELECT id FROM trees WHERE blob = ?', [blob]);
+    const row = await this.#db.get<{ id: number }>('SELECT id FROM trees WHERE blob = ?', [blob]);
     if (row) {
       ids.set(blob, row.id);
       return row.id;
@@ -126,7 +123,7 @@ export class Catalog {
     const nodes: TreeNode[] = await loadTree(repo, blob);
     const subIds: (number | null)[] = [];
     for (const n of nodes) subIds.push(n.type === 'dir' && n.subtree ? await this.#indexTree(repo, n.subtree, ids) : null);
-    const id = (await this.#run('INSERT INTO trees (blob) VALUES (?)', [blob])).lastID;
+    const id = (await this.#db.run('INSERT INTO trees (blob) VALUES (?)', [blob])).lastID;
     ids.set(blob, id);
     for (let i = 0; i < nodes.length; i += ROWS_PER_INSERT) {
       const batch = nodes.slice(i, i + ROWS_PER_INSERT);
@@ -135,7 +132,7 @@ export class Catalog {
         params.push(id, displayName(n.name), n.type, n.size, n.mode, n.mtime[0], n.mtime[1], subIds[i + k]!,
           n.content ? contentDigest(n.content) : null);
       });
-      await this.#run(
+      await this.#db.run(
         `INSERT OR IGNORE INTO entries (tree, name, type, size, mode, mtime_s, mtime_ns, subtree, content) VALUES ${batch.map(() => '(?,?,?,?,?,?,?,?,?)').join(',')}`,
         params,
       );
@@ -148,13 +145,13 @@ export class Catalog {
    * file), optionally with everything below. HF_PATH_NOT_FOUND when absent.
    */
   async list(snapshot: SnapshotId, dirPath: string, recursive: boolean): Promise<CatalogEntry[]> {
-    const snap = await this.#get<{ root: number }>('SELECT root FROM snapshots WHERE id = ?', [snapshot]);
+    const snap = await this.#db.get<{ root: number }>('SELECT root FROM snapshots WHERE id = ?', [snapshot]);
     if (!snap) throw new HoldfastError('HF_SNAPSHOT_NOT_FOUND', `snapshot ${shortId(snapshot)} is not in the catalog`);
     let tree = snap.root;
     const parts = splitPath(dirPath).map((b) => b.toString('utf8'));
     let here = '';
     for (let i = 0; i < parts.length; i++) {
-      const e = await this.#get<Row>('SELECT * FROM entries WHERE tree = ? AND name = ?', [tree, parts[i]]);
+      const e = await this.#db.get<Row>('SELECT * FROM entries WHERE tree = ? AND name = ?', [tree, parts[i]]);
       if (!e) {
         throw new HoldfastError('HF_PATH_NOT_FOUND', `${dirPath} is not in snapshot ${shortId(snapshot)}`);
       }
@@ -167,7 +164,7 @@ export class Catalog {
     }
     const out: CatalogEntry[] = [];
     const walk = async (t: number, prefix: string): Promise<void> => {
-      for (const e of await this.#all<Row>('SELECT * FROM entries WHERE tree = ? ORDER BY name', [t])) {
+      for (const e of await this.#db.all<Row>('SELECT * FROM entries WHERE tree = ? ORDER BY name', [t])) {
         const p = `${prefix}/${e.name}`;
         out.push(toEntry(e, p));
         if (recursive && e.type === 'dir' && e.subtree !== null) await walk(e.subtree, p);
@@ -183,7 +180,7 @@ export class Catalog {
    */
   async find(pattern: string, options: { ignoreCase?: boolean; snapshot?: SnapshotId; limit?: number } = {}): Promise<FindMatch[]> {
     const test = options.ignoreCase ? 'lower(e.name) GLOB lower(?)' : 'e.name GLOB ?';
-    const rows = await this.#all<Row & { snapshot: string; time: string; path: string }>(`
+    const rows = await this.#db.all<Row & { snapshot: string; time: string; path: string }>(`
       WITH RECURSIVE up(tree, path, name, type, size, mode, mtime_s, mtime_ns, subtree, content) AS (
         SELECT e.tree, '/' || e.name, e.name, e.type, e.size, e.mode, e.mtime_s, e.mtime_ns, e.subtree, e.content
           FROM entries e WHERE ${test}
@@ -198,29 +195,9 @@ export class Catalog {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve, reject) => this.#db.close((err) => (err ? reject(err) : resolve())));
+    return this.#db.close();
   }
 
-  #exec(sql: string): Promise<void> {
-    return new Promise((resolve, reject) => this.#db.exec(sql, (err) => (err ? reject(err) : resolve())));
-  }
-
-  #run(sql: string, params: unknown[] = []): Promise<sqlite3.RunResult> {
-    return new Promise((resolve, reject) => {
-      this.#db.run(sql, params, function done(this: sqlite3.RunResult, err: Error | null) {
-        if (err) reject(err);
-        else resolve(this);
-      });
-    });
-  }
-
-  #get<T>(sql: string, params: unknown[] = []): Promise<T | undefined> {
-    return new Promise((resolve, reject) => this.#db.get(sql, params, (err, row) => (err ? reject(err) : resolve(row as T | undefined))));
-  }
-
-  #all<T>(sql: string, params: unknown[] = []): Promise<T[]> {
-    return new Promise((resolve, reject) => this.#db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as T[]))));
-  }
 }
 
 interface Row {

@@ -10,8 +10,12 @@ import { type SnapshotEntry, type TreeNode, decodeTree, displayName, listSnapsho
 import { LocalStorage } from '../storage/index.ts';
 
 export interface CheckOptions {
-  /** Read and verify pack contents: all packs, or a fraction (0..1] chosen at random. */
-  readData?: { fraction: number } | null;
+  /**
+   * Read and verify pack contents: all packs, a fraction (0..1] chosen at
+   * random, or slice `slice` of `of` (the packs whose id, as a number, is
+   * slice modulo of): running slices 0…of-1 in turn reads every pack.
+   */
+  readData?: { fraction: number } | { slice: number; of: number } | null;
   onProgress?: (p: { phase: string; done: number; total: number }) => void;
 }
 
@@ -100,7 +104,7 @@ class Checker {
     this.#stats.snapshots = snapshots.length;
     await this.#checkTrees(snapshots);
 
-    if (this.#options.readData) await this.#readData(byPack, stored, this.#options.readData.fraction);
+    if (this.#options.readData) await this.#readData(byPack, stored, this.#options.readData);
 
     const affected = this.#badBlobs.size > 0 ? await this.#trace(snapshots) : [];
     return {
@@ -195,9 +199,13 @@ class Checker {
     for (const s of snapshots) await visit(s.snapshot.tree, '/');
   }
 
-  async #readData(byPack: Map<PackId, BlobLocation[]>, stored: Map<PackId, number>, fraction: number): Promise<void> {
+  async #readData(byPack: Map<PackId, BlobLocation[]>, stored: Map<PackId, number>,
+    which: NonNullable<CheckOptions['readData']>): Promise<void> {
     let packs = [...byPack.keys()].filter((p) => stored.has(p));
-    if (fraction < 1) {
+    if ('slice' in which) {
+      packs = packs.filter((p) => packSlice(p, which.of) === which.slice);
+    } else if (which.fraction < 1) {
+      const fraction = which.fraction;
       for (let i = packs.length - 1; i > 0; i--) {
         const j = randomInt(i + 1);
         [packs[i], packs[j]] = [packs[j]!, packs[i]!];
@@ -275,4 +283,9 @@ class Checker {
     }
     return out;
   }
+}
+
+/** Which of `of` slices a pack falls in (its id's first 48 bits, modulo of). */
+export function packSlice(pack: PackId, of: number): number {
+  return Number.parseInt(pack.slice(0, 12), 16) % of;
 }

@@ -6,6 +6,8 @@ export interface ForgetOptions {
   /** A retention policy, or explicit snapshots (ids or prefixes) to forget. */
   policy?: RetentionPolicy;
   snapshots?: string[];
+  /** Snapshots kept whatever the policy says (an admin protected them). */
+  protect?: readonly SnapshotId[];
   dryRun?: boolean;
 }
 
@@ -32,6 +34,12 @@ export async function forget(repo: Repository, options: ForgetOptions): Promise<
       decisions = applyPolicy(snapshots, options.policy);
     } else {
       throw new HoldfastError('HF_USAGE', 'name snapshots to forget, or give a retention policy (--keep-…)');
+    }
+    const protect = new Set(options.protect ?? []);
+    for (const d of decisions) {
+      if (d.keep || !protect.has(d.entry.id)) continue;
+      d.keep = true;
+      d.reasons.push('protected');
     }
     const removed: SnapshotId[] = [];
     if (!options.dryRun) {

@@ -1,0 +1,1 @@
+export { type RunResult, SqliteDb } from './sqlite-db.ts';
