@@ -197,7 +197,6 @@ export class Catalog {
   close(): Promise<void> {
     return this.#db.close();
   }
-
 }
 
 interface Row {
