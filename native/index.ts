@@ -35,6 +35,7 @@ interface Binding {
   readFile(path: Uint8Array, out: Uint8Array): Promise<number>;
   scandir(path: Uint8Array): Promise<Buffer>;
   scandirMany(paths: Uint8Array): Promise<(Buffer | number)[]>;
+  sdNotify(socketName: string, state: Uint8Array): number;
   setTimes(path: Uint8Array, aSec: number, aNsec: number, mSec: number, mNsec: number, nofollow: boolean): Promise<void>;
   mknod(path: Uint8Array, mode: number, dev: number): Promise<void>;
   writeFile(path: Uint8Array, data: Uint8Array | null, size: number, mode: number, uid: number, gid: number, aSec: number, aNsec: number, mSec: number, mNsec: number): Promise<void>;
@@ -418,6 +419,18 @@ export function setMeta(path: Uint8Array, isLink: boolean, m: FileMeta): Promise
 /** mknod(2): FIFOs (no privilege needed) and device nodes (root). */
 export function mknod(path: Uint8Array, mode: number, dev: number): Promise<void> {
   return native.mknod(path, mode, dev);
+}
+
+/**
+ * Sends an sd_notify(3) state ("READY=1", "STATUS=…", "WATCHDOG=1", several
+ * lines at once) to the socket systemd named in NOTIFY_SOCKET, from this
+ * process (so NotifyAccess=main accepts it): false when there is no
+ * socket (not started by systemd), an errno name when sending failed.
+ */
+export function sdNotify(state: string, socketName = process.env.NOTIFY_SOCKET): boolean | string {
+  if (!socketName) return false;
+  const e = native.sdNotify(socketName, Buffer.from(state));
+  return e === 0 ? true : ERRNO_NAMES.get(e) ?? `E${e}`;
 }
 
 export function versions(): { zstd: string; openssl: string } {

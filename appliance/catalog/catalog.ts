@@ -145,23 +145,9 @@ export class Catalog {
    * file), optionally with everything below. HF_PATH_NOT_FOUND when absent.
    */
   async list(snapshot: SnapshotId, dirPath: string, recursive: boolean): Promise<CatalogEntry[]> {
-    const snap = await this.#db.get<{ root: number }>('SELECT root FROM snapshots WHERE id = ?', [snapshot]);
-    if (!snap) throw new HoldfastError('HF_SNAPSHOT_NOT_FOUND', `snapshot ${shortId(snapshot)} is not in the catalog`);
-    let tree = snap.root;
-    const parts = splitPath(dirPath).map((b) => b.toString('utf8'));
-    let here = '';
-    for (let i = 0; i < parts.length; i++) {
-      const e = await this.#db.get<Row>('SELECT * FROM entries WHERE tree = ? AND name = ?', [tree, parts[i]]);
-      if (!e) {
-        throw new HoldfastError('HF_PATH_NOT_FOUND', `${dirPath} is not in snapshot ${shortId(snapshot)}`);
-      }
-      here += `/${e.name}`;
-      if (e.type !== 'dir') {
-        if (i === parts.length - 1) return [toEntry(e, here)];
-        throw new HoldfastError('HF_PATH_NOT_FOUND', `${dirPath} is not in snapshot ${shortId(snapshot)} (${here} is not a directory)`);
-      }
-      tree = e.subtree!;
-    }
+    const at = await this.#locate(snapshot, dirPath);
+    if ('file' in at) return [at.file];
+    const { tree, here } = at;
     const out: CatalogEntry[] = [];
     const walk = async (t: number, prefix: string): Promise<void> => {
       for (const e of await this.#db.all<Row>('SELECT * FROM entries WHERE tree = ? ORDER BY name', [t])) {
@@ -178,6 +164,99 @@ export class Catalog {
    * Entries whose name matches a glob (`*`, `?`, `[…]`), in every snapshot
    * that holds them, by path then time. Case-insensitive with ignoreCase.
    */
+  /**
+   * Finds a path in a snapshot: the directory's tree row (and its path as
+   * catalogued), or the file's entry. HF_SNAPSHOT_NOT_FOUND, HF_PATH_NOT_FOUND.
+   */
+  async #locate(snapshot: SnapshotId, dirPath: string): Promise<{ tree: number; here: string } | { file: CatalogEntry }> {
+    const snap = await this.#db.get<{ root: number }>('SELECT root FROM snapshots WHERE id = ?', [snapshot]);
+    if (!snap) throw new HoldfastError('HF_SNAPSHOT_NOT_FOUND', `snapshot ${shortId(snapshot)} is not in the catalog`);
+    let tree = snap.root;
+    const parts = splitPath(dirPath).map((b) => b.toString('utf8'));
+    let here = '';
+    for (let i = 0; i < parts.length; i++) {
+      const e = await this.#db.get<Row>('SELECT * FROM entries WHERE tree = ? AND name = ?', [tree, parts[i]]);
+      if (!e) {
+        throw new HoldfastError('HF_PATH_NOT_FOUND', `${dirPath} is not in snapshot ${shortId(snapshot)}`);
+      }
+      here += `/${e.name}`;
+      if (e.type !== 'dir') {
+        if (i === parts.length - 1) return { file: toEntry(e, here) };
+        throw new HoldfastError('HF_PATH_NOT_FOUND', `${dirPath} is not in snapshot ${shortId(snapshot)} (${here} is not a directory)`);
+      }
+      tree = e.subtree!;
+    }
+    return { tree, here };
+  }
+
+  /**
+   * One page of a directory's entries in name order, after the name
+   * `after` (exclusive): an index range scan, as fast for the last page of
+   * 100,000 entries as for the first. `next` is the name to continue after.
+   */
+  async listPage(snapshot: SnapshotId, dirPath: string, options: { after?: string; limit?: number } = {}): Promise<{ path: string; entries: CatalogEntry[]; next: string | null }> {
+    const at = await this.#locate(snapshot, dirPath);
+    if ('file' in at) return { path: at.file.path, entries: [at.file], next: null };
+    const limit = Math.max(1, Math.min(options.limit ?? 200, 5000));
+    const rows = options.after === undefined
+      ? await this.#db.all<Row>('SELECT * FROM entries WHERE tree = ? ORDER BY name LIMIT ?', [at.tree, limit + 1])
+      : await this.#db.all<Row>('SELECT * FROM entries WHERE tree = ? AND name > ? ORDER BY name LIMIT ?', [at.tree, options.after, limit + 1]);
+    const more = rows.length > limit;
+    const entries = rows.slice(0, limit).map((e) => toEntry(e, `${at.here}/${e.name}`));
+    return { path: at.here || '/', entries, next: more ? entries.at(-1)!.name : null };
+  }
+
+  /** Every version of a path: per snapshot (oldest first), its entry there, or null where it is absent. */
+  async versions(filePath: string): Promise<{ snapshot: SnapshotId; time: string; entry: CatalogEntry | null }[]> {
+    const snaps = await this.#db.all<{ id: string; time: string }>('SELECT id, time FROM snapshots ORDER BY time');
+    const out: { snapshot: SnapshotId; time: string; entry: CatalogEntry | null }[] = [];
+    for (const s of snaps) {
+      let entry: CatalogEntry | null = null;
+      try {
+        const at = await this.#locate(s.id as SnapshotId, filePath);
+        entry = 'file' in at ? at.file : { path: at.here, name: at.here.split('/').pop() ?? '', type: 'dir', size: 0, mode: 0, mtime: [0, 0], content: null };
+      } catch (err) {
+        if (!(err instanceof HoldfastError) || err.code !== 'HF_PATH_NOT_FOUND') throw err;
+      }
+      out.push({ snapshot: s.id as SnapshotId, time: s.time, entry });
+    }
+    return out;
+  }
+
+  /**
+   * What changed in one directory from snapshot a to b: names only in b
+   * (added), only in a (removed), and in both with other content, size,
+   * mode or mtime (a directory: another listing below it).
+   */
+  async diff(a: SnapshotId, b: SnapshotId, dirPath: string): Promise<{ added: CatalogEntry[]; removed: CatalogEntry[]; changed: { before: CatalogEntry; after: CatalogEntry }[] }> {
+    const rows = async (snap: SnapshotId) => {
+      try {
+        const at = await this.#locate(snap, dirPath);
+        if ('file' in at) return { here: at.file.path, rows: [] as Row[], file: at.file };
+        return { here: at.here, rows: await this.#db.all<Row>('SELECT * FROM entries WHERE tree = ? ORDER BY name', [at.tree]), file: null };
+      } catch (err) {
+        if (err instanceof HoldfastError && err.code === 'HF_PATH_NOT_FOUND') return { here: dirPath, rows: [] as Row[], file: null };
+        throw err;
+      }
+    };
+    const [ra, rb] = await Promise.all([rows(a), rows(b)]);
+    const before = new Map(ra.rows.map((r) => [r.name, r]));
+    const after = new Map(rb.rows.map((r) => [r.name, r]));
+    const added: CatalogEntry[] = [];
+    const removed: CatalogEntry[] = [];
+    const changed: { before: CatalogEntry; after: CatalogEntry }[] = [];
+    for (const [name, r] of after) {
+      const o = before.get(name);
+      if (!o) added.push(toEntry(r, `${rb.here}/${name}`));
+      else if (o.type !== r.type || o.size !== r.size || o.mode !== r.mode || o.mtime_s !== r.mtime_s || o.mtime_ns !== r.mtime_ns ||
+        o.content !== r.content || o.subtree !== r.subtree) {
+        changed.push({ before: toEntry(o, `${ra.here}/${name}`), after: toEntry(r, `${rb.here}/${name}`) });
+      }
+    }
+    for (const [name, r] of before) if (!after.has(name)) removed.push(toEntry(r, `${ra.here}/${name}`));
+    return { added, removed, changed };
+  }
+
   async find(pattern: string, options: { ignoreCase?: boolean; snapshot?: SnapshotId; limit?: number } = {}): Promise<FindMatch[]> {
     const test = options.ignoreCase ? 'lower(e.name) GLOB lower(?)' : 'e.name GLOB ?';
     const rows = await this.#db.all<Row & { snapshot: string; time: string; path: string }>(`

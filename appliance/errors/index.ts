@@ -61,6 +61,18 @@ export const ErrorCodes = {
   HF_TARGET_EXISTS: 'a replication target of that name already exists',
   HF_TARGET_UNREACHABLE: 'no endpoint of the target could be reached',
   HF_SOURCE_ACCESS_DENIED: 'the source server denies the backup user access to a path to back up',
+  HF_UNAUTHENTICATED: 'the request carries no valid session: log in',
+  HF_FORBIDDEN: 'the user\'s role does not allow the action',
+  HF_CSRF: 'a state-changing request without the session\'s CSRF token (or from another site)',
+  HF_ACCOUNT_LOCKED: 'too many wrong passwords: the account is locked for a while',
+  HF_WRONG_CREDENTIALS: 'the user name or password is wrong',
+  HF_SETUP_DONE: 'the appliance is already set up',
+  HF_SETUP_NEEDED: 'the appliance is not set up yet: set the admin password first',
+  HF_NOT_FOUND: 'no such object (source, schedule, job, user)',
+  HF_CONFLICT: 'the object exists already, or is in use',
+  HF_JOB_BUSY: 'a job of the same kind is already running for that subject',
+  HF_UPDATE_LOCKED: 'jobs are running (or an update holds the lock): the update or reboot has to wait',
+  HF_ENGINE_UNAVAILABLE: 'the engine does not answer on its socket',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
@@ -68,10 +80,14 @@ export type ErrorCode = keyof typeof ErrorCodes;
 export class HoldfastError extends Error {
   readonly code: ErrorCode;
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** Facts a program may act on (a host key's fingerprint, a lock's holder); never secrets. */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
     super(message, options);
     this.name = 'HoldfastError';
     this.code = code;
+    this.details = options?.details;
   }
 }
 

@@ -98,17 +98,22 @@ export interface TargetStatus {
   snapshotsPending: number;
 }
 
-/** Asks each endpoint (PING) and the first reachable one what it lacks (HAVE). */
-export async function targetStatus(storage: Storage & { location: string }, registry: TargetRegistry, t: TargetConfig): Promise<TargetStatus> {
+/**
+ * Asks each endpoint (PING) and the first reachable one what it lacks
+ * (HAVE). With probe false it connects to nothing and answers from the
+ * last run's record (for a dashboard that refreshes often).
+ */
+export async function targetStatus(storage: Storage & { location: string }, registry: TargetRegistry, t: TargetConfig,
+  options: { probe?: boolean } = {}): Promise<TargetStatus> {
   const state = await registry.state(t.name);
   const files = await localFiles(storage);
-  const tls = await targetTls(t);
   const endpoints: TargetStatus['endpoints'] = [];
   let missing: Set<string> | null = null;
   let reachable: string | null = null;
-  for (const ep of t.endpoints) {
+  const tls = options.probe === false ? null : await targetTls(t);
+  for (const ep of tls ? t.endpoints : []) {
     try {
-      const c = await StoreConnection.connect(ep, tls);
+      const c = await StoreConnection.connect(ep, tls!);
       try {
         const rtt = await c.ping();
         endpoints.push({ endpoint: endpointText(ep), reachable: true, rttMs: Math.round(rtt * 10) / 10 });

@@ -25,6 +25,8 @@ export interface SourceCredentials {
   password?: string;
   /** SFTP private key file. */
   identity?: string;
+  /** SFTP private key itself (PEM/OpenSSH bytes), instead of a file. */
+  identityKey?: Buffer;
   /** SFTP: known_hosts file to pin the host key. */
   knownHosts?: string;
   /** SFTP: the pinned host key fingerprint, "SHA256:…". */
@@ -115,11 +117,11 @@ export async function openSource(spec: SourceSpec, creds: SourceCredentials): Pr
         password: creds.password, snapshot: creds.snapshot ?? null,
       });
     case 'sftp': {
-      if (!creds.identity) throw new HoldfastError('HF_USAGE', `no key for ${spec.user}@${spec.host}: pass --identity KEYFILE`);
+      if (!creds.identity && !creds.identityKey) throw new HoldfastError('HF_USAGE', `no key for ${spec.user}@${spec.host}: pass --identity KEYFILE`);
       if (creds.snapshot) throw new HoldfastError('HF_USAGE', '--source-snapshot works with SMB shares only');
       let identity: Buffer;
       try {
-        identity = fs.readFileSync(creds.identity);
+        identity = creds.identityKey ?? fs.readFileSync(creds.identity!);
       } catch (err) {
         throw new HoldfastError('HF_INVALID_ARGUMENT', `cannot read the key file ${creds.identity}: ${(err as Error).message}`, { cause: err });
       }

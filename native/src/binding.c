@@ -1549,6 +1549,22 @@ static napi_value make_node(napi_env env, napi_callback_info info) {
 
 /* ---------- module ---------- */
 
+/* sdNotify(socketName: string, state: Uint8Array) -> number: 0 or an errno.
+ * Synchronous: one non-blocking datagram to a local socket. */
+static napi_value sd_notify(napi_env env, napi_callback_info info) {
+  napi_value argv[2], out;
+  char name[128];
+  size_t name_len = 0;
+  uint8_t *state;
+  size_t state_len;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &name_len) != napi_ok || name_len == 0 ||
+      name_len >= sizeof name - 1 || strlen(name) != name_len || !get_bytes(env, argv[1], &state, &state_len))
+    return invalid(env, "sdNotify(socketName: string, state: Uint8Array)");
+  CALL(env, napi_create_int32(env, hf_sd_notify(name, state, state_len), &out));
+  return out;
+}
+
 static napi_value versions(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value out, v;
@@ -1595,6 +1611,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"setMeta", NULL, set_meta, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mknod", NULL, make_node, NULL, NULL, NULL, napi_enumerable, NULL},
       {"versions", NULL, versions, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sdNotify", NULL, sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -2,6 +2,9 @@
 #include "posix.h"
 
 #include <dirent.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -263,4 +266,22 @@ int hf_set_times(const char *path, int64_t atime_sec, long atime_nsec, int64_t m
 int hf_make_node(const char *path, uint32_t mode, uint64_t dev) {
   if (mknod(path, (mode_t)mode, (dev_t)dev) != 0) return errno;
   return 0;
+}
+
+int hf_sd_notify(const char *socket_name, const uint8_t *state, size_t len) {
+  struct sockaddr_un sa;
+  size_t n = strlen(socket_name);
+  socklen_t sa_len;
+  int fd, e = 0;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  if (n == 0 || n >= sizeof sa.sun_path || (socket_name[0] != '/' && socket_name[0] != '@')) return EINVAL;
+  memcpy(sa.sun_path, socket_name, n);
+  if (socket_name[0] == '@') sa.sun_path[0] = 0; /* abstract: no terminating NUL counts */
+  sa_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (socket_name[0] == '@' ? 0 : 1));
+  fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  if (sendto(fd, state, len, MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&sa, sa_len) < 0) e = errno;
+  close(fd);
+  return e;
 }

@@ -65,4 +65,11 @@ int hf_set_times(const char *path, int64_t atime_sec, long atime_nsec, int64_t m
                  long mtime_nsec, int nofollow);
 int hf_make_node(const char *path, uint32_t mode, uint64_t dev);
 
+/* Sends one datagram (an sd_notify(3) state such as "READY=1") to the
+ * AF_UNIX datagram socket named by `socket_name` as systemd sets
+ * NOTIFY_SOCKET: a path, or "@name" for the abstract namespace. Sent by the
+ * calling process itself (no helper child), so NotifyAccess=main accepts
+ * it. Non-blocking. Returns 0 or an errno (EINVAL for a malformed name). */
+int hf_sd_notify(const char *socket_name, const uint8_t *state, size_t len);
+
 #endif

@@ -191,10 +191,12 @@ export class HostKeyPins {
     if (pins.length === 0) {
       return new HoldfastError('HF_SOURCE_HOST_KEY_UNKNOWN',
         `${this.#where} presents the ${type} host key ${fp}, and no pin for this server was given. ` +
-        `Check the fingerprint out of band (on the server: ssh-keygen -lf /etc/ssh/ssh_host_${type.replace(/^ssh-|-.*$/g, '')}_key.pub), then ${pinHow}`);
+        `Check the fingerprint out of band (on the server: ssh-keygen -lf /etc/ssh/ssh_host_${type.replace(/^ssh-|-.*$/g, '')}_key.pub), then ${pinHow}`,
+        { details: { keyType: type, fingerprint: fp } });
     }
     return new HoldfastError('HF_SOURCE_HOST_KEY_CHANGED',
       `${this.#where} presents the ${type} host key ${fp}, which is not the pinned key (${pins.join('; ')}). ` +
-      `The server may have been reinstalled, or someone is intercepting the connection. Verify the new fingerprint out of band; if the change is expected, ${pinHow}`);
+      `The server may have been reinstalled, or someone is intercepting the connection. Verify the new fingerprint out of band; if the change is expected, ${pinHow}`,
+      { details: { keyType: type, fingerprint: fp } });
   }
 }

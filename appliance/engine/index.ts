@@ -1,0 +1,7 @@
+export { API_ROUTES, type ApiRoute } from './api.ts';
+export { type Actor, LOCKOUT_FAILURES, LOCKOUT_MS, type Permission, allows } from './accounts.ts';
+export { type Clock, ManualClock, systemClock } from './clock.ts';
+export { Engine, type EngineOptions, dataFiles } from './engine.ts';
+export { JobRunner } from './job-runner.ts';
+export { CronSpec, Scheduler, validateCron } from './scheduler.ts';
+export type { JobKind, JobRecord, JobState, Role, ScheduleRecord } from './state-store.ts';
