@@ -14,7 +14,7 @@ import { LocalStorage } from '../storage/index.ts';
 import { type GlobalOptions, cacheDir, openRepository, passphrase, readSecretFile, repoLocation } from './context.ts';
 import { Output, bytes, duration, modeString, printable, time } from './output.ts';
 import { openFromTarget, registerReplicationCommands } from './replication-commands.ts';
-import { registerServiceCommands } from './service-commands.ts';
+import { registerConsoleCommands, registerServiceCommands } from './service-commands.ts';
 
 /**
  * Exit status: 0 done; 1 failed (a coded error, or check found damage);
@@ -391,6 +391,7 @@ export async function main(argv: string[]): Promise<number> {
 
   registerReplicationCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
   registerServiceCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
+  registerConsoleCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
 
   try {
     await program.parseAsync(argv, { from: 'user' });

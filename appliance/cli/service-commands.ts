@@ -1,10 +1,14 @@
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import type { Command } from 'commander';
 
+import { HoldfastError } from '../errors/index.ts';
 import type { GlobalOptions } from './context.ts';
 import { passphrase } from './context.ts';
+import { V8_FLAGS } from './runtime.mjs';
 import type { CommandContext } from './replication-commands.ts';
 
 /** The appliance's data directory: --data-dir, else HOLDFAST_DATA_DIR, else $XDG_DATA_HOME/holdfast (~/.local/share/holdfast). */
@@ -18,7 +22,17 @@ function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
 
-/** `holdfast engine` (holdfast-engine) and `holdfast console` (holdfast-console): the appliance's services. */
+/** HOST:PORT, [IPv6]:PORT or PORT for --listen; HOLDFAST_CONSOLE_PORT gives the default port. */
+export function listenAddress(value: string | undefined): { host: string; port: number } {
+  const defaultPort = Number(process.env.HOLDFAST_CONSOLE_PORT ?? 8443);
+  const v = value ?? process.env.HOLDFAST_CONSOLE_LISTEN ?? `127.0.0.1:${defaultPort}`;
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):(\d{1,5})$/.exec(v) ?? (/^\d{1,5}$/.test(v) ? [v, undefined, '127.0.0.1', v] : null);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new HoldfastError('HF_USAGE', `--listen ${JSON.stringify(v)}: give HOST:PORT (e.g. 0.0.0.0:8443)`);
+  return { host: m[1] ?? m[2]!, port };
+}
+
+/** `holdfast engine` (holdfast-engine): the appliance's engine service. */
 export function registerServiceCommands(program: Command, ctx: CommandContext): void {
   program.command('engine')
     .description('run the appliance engine (holdfast-engine): jobs, schedules and the appliance API on a unix socket; until SIGTERM')
@@ -43,5 +57,75 @@ export function registerServiceCommands(program: Command, ctx: CommandContext): 
       });
       await engine.stop();
       return ctx.exit.ok;
+    }));
+}
+
+/** `holdfast console` and `holdfast start` (registered with the engine command). */
+export function registerConsoleCommands(program: Command, ctx: CommandContext): void {
+  program.command('console')
+    .description('run the web console (holdfast-console): HTTPS, talks to the engine\'s socket; until SIGTERM')
+    .option('--data-dir <dir>', 'data directory: the engine socket and the console certificate (or HOLDFAST_DATA_DIR)')
+    .option('--state-dir <dir>', 'where the console keeps its TLS certificate (default DATA_DIR/console)')
+    .option('--engine-socket <path>', 'the engine\'s API socket (default DATA_DIR/engine.sock)')
+    .option('--listen <host:port>', 'where to serve HTTPS (or HOLDFAST_CONSOLE_LISTEN; default 127.0.0.1:HOLDFAST_CONSOLE_PORT or 8443)')
+    .action(ctx.action(async (_g: GlobalOptions, o: { dataDir?: string; stateDir?: string; engineSocket?: string; listen?: string }) => {
+      const { startConsole } = await import('../console/index.ts');
+      const pino = (await import('pino')).default;
+      const dir = dataDir(o);
+      const { host, port } = listenAddress(o.listen);
+      const log = pino({ base: { service: 'holdfast-console' } });
+      const c = await startConsole({
+        stateDir: o.stateDir ? path.resolve(o.stateDir) : path.join(dir, 'console'),
+        engineSocket: o.engineSocket ? path.resolve(o.engineSocket) : path.join(dir, 'engine.sock'),
+        host, port, log,
+      });
+      log.info({ url: c.url }, 'console ready');
+      const { sdNotify } = await import('../../native/index.ts');
+      sdNotify(`READY=1\nSTATUS=serving ${c.url}\nMAINPID=${process.pid}`);
+      await new Promise<void>((resolve) => {
+        if (ctx.signal.aborted) resolve();
+        ctx.signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      await c.close();
+      return ctx.exit.ok;
+    }));
+
+  program.command('start')
+    .description('run the appliance on this machine: the engine and the console (at https://localhost:8443) as two processes; until Ctrl-C')
+    .option('--data-dir <dir>', 'data directory (or HOLDFAST_DATA_DIR; default ~/.local/share/holdfast)')
+    .option('--listen <host:port>', 'the console\'s address (or HOLDFAST_CONSOLE_LISTEN / HOLDFAST_CONSOLE_PORT)')
+    .action(ctx.action(async (_g: GlobalOptions, o: { dataDir?: string; listen?: string }) => {
+      const dir = dataDir(o);
+      const { host, port } = listenAddress(o.listen);
+      const bin = fileURLToPath(new URL('./holdfast.mjs', import.meta.url));
+      const env = { ...process.env, HOLDFAST_DATA_DIR: dir };
+      const run = (args: string[]) => spawn(process.execPath, [...V8_FLAGS, bin, ...args], { stdio: ['ignore', 'inherit', 'inherit'], env });
+      const exits = new Map<ReturnType<typeof spawn>, Promise<number>>();
+      const exitOf = (p: ReturnType<typeof spawn>) => exits.get(p)!;
+      const start = (args: string[]) => {
+        const p = run(args);
+        exits.set(p, new Promise<number>((resolve) => p.once('exit', (code) => resolve(code ?? 1))));
+        return p;
+      };
+      const engine = start(['engine', '--data-dir', dir]);
+      const engineExit = exitOf(engine);
+      const { EngineClient } = await import('../console/index.ts');
+      const client = new EngineClient(path.join(dir, 'engine.sock'));
+      for (let i = 0; ; i++) {
+        if (engine.exitCode !== null) throw new HoldfastError('HF_ENGINE_UNAVAILABLE', `the engine exited (${engine.exitCode}); see its log above`);
+        if (await client.call('GET', '/v1/status').then(() => true, () => false)) break;
+        if (i > 600) throw new HoldfastError('HF_ENGINE_UNAVAILABLE', 'the engine did not start within a minute');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await client.close();
+      const consoleProc = start(['console', '--data-dir', dir, '--listen', `${host.includes(':') ? `[${host}]` : host}:${port}`]);
+      const shown = host === '127.0.0.1' || host === '0.0.0.0' || host === '::' ? 'localhost' : host;
+      ctx.out().line(`Holdfast is running: open https://${shown}:${port} (the first visit sets the admin password). Data: ${dir}. Ctrl-C stops it.`);
+      const stop = () => { engine.kill('SIGTERM'); consoleProc.kill('SIGTERM'); };
+      ctx.signal.addEventListener('abort', stop, { once: true });
+      const first = await Promise.race([engineExit, exitOf(consoleProc)]);
+      stop();
+      await Promise.all([engineExit, exitOf(consoleProc)]);
+      return ctx.signal.aborted ? ctx.exit.ok : first;
     }));
 }

@@ -213,6 +213,40 @@ export async function revokeCertificate(dir: string, name: string): Promise<{ cr
   return { crlFile, serialNumber: cert.serialNumber };
 }
 
+/**
+ * A self-signed TLS server certificate for the web console, made on its
+ * first start: ECDSA P-256, CN=<hosts[0]>, subjectAltName for every host
+ * (DNS names and IP addresses), EKU serverAuth, valid `days` (default 825).
+ * Writes keyFile (0600) then certFile; an existing pair is kept as it is
+ * (returns false).
+ */
+export async function ensureSelfSignedServer(certFile: string, keyFile: string, hosts: readonly string[], days = CERT_DAYS): Promise<boolean> {
+  const have = await Promise.all([certFile, keyFile].map((f) => fsp.stat(f).then(() => true, () => false)));
+  if (have[0] && have[1]) return false;
+  const sanNames = subjectAltNames('console', [...new Set(hosts)]);
+  const keys = await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']);
+  const notBefore = new Date(Date.now() - BACKDATE_MS);
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial(),
+    name: [{ CN: [hosts[0] ?? 'localhost'] }, { O: ['Holdfast console'] }],
+    notBefore,
+    notAfter: new Date(notBefore.getTime() + checkDays(days, 'certificate validity') * DAY_MS),
+    keys,
+    signingAlgorithm: SIGNING,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
+      new x509.SubjectAlternativeNameExtension(sanNames, false),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  await fsp.mkdir(path.dirname(certFile), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(keyFile, await privateKeyPem(keys.privateKey), { mode: 0o600, exclusive: false });
+  await writeFileAtomic(certFile, cert.toString('pem') + '\n', { mode: 0o644, exclusive: false });
+  return true;
+}
+
 function checkName(name: unknown): string {
   if (typeof name !== 'string' || !CERTIFICATE_NAME.test(name) || RESERVED_NAMES.has(name)) {
     throw new HoldfastError('HF_PKI_INVALID',

@@ -15,4 +15,6 @@ export const initCa: typeof Authority.initCa = async (...args) => (await authori
 /** See certificate-authority.ts. */
 export const issueCertificate: typeof Authority.issueCertificate = async (...args) => (await authority()).issueCertificate(...args);
 /** See certificate-authority.ts. */
+export const ensureSelfSignedServer: typeof Authority.ensureSelfSignedServer = async (...args) => (await authority()).ensureSelfSignedServer(...args);
+/** See certificate-authority.ts. */
 export const revokeCertificate: typeof Authority.revokeCertificate = async (...args) => (await authority()).revokeCertificate(...args);

@@ -1,0 +1,2 @@
+export { SESSION_COOKIE, type ConsoleOptions, startConsole } from './console-server.ts';
+export { EngineClient } from './engine-client.ts';
