@@ -123,15 +123,20 @@ async function restoreTarget(engine: Engine, target: unknown, snapshotPaths: rea
   return t;
 }
 
-export const API_ROUTES: ApiRoute[] = [];
+type Handler = (req: FastifyRequest, reply: FastifyReply, actor: Actor) => Promise<unknown>;
+type RouteFn = (method: ApiRoute['method'], url: string, permission: Permission | null, handler: Handler) => void;
+
+/** Every route of the API, without serving it (the tests check each one refuses a request without a session). */
+export function apiRoutes(): ApiRoute[] {
+  const out: ApiRoute[] = [];
+  registerRoutes((method, url, permission) => { out.push({ method, url, permission }); }, null as unknown as Engine);
+  return out;
+}
 
 /** Serves the appliance API (JSON over HTTP) on a unix socket. */
 export async function startApi(engine: Engine, socketPath: string): Promise<ApiServer> {
   const app = Fastify({ logger: false, bodyLimit: 1 << 20, return503OnClosing: true });
-  API_ROUTES.length = 0;
-  const route = (method: ApiRoute['method'], url: string, permission: Permission | null,
-    handler: (req: FastifyRequest, reply: FastifyReply, actor: Actor) => Promise<unknown>) => {
-    API_ROUTES.push({ method, url, permission });
+  const route: RouteFn = (method, url, permission, handler) => {
     app.route({
       method, url,
       handler: async (req, reply) => {
@@ -143,14 +148,6 @@ export async function startApi(engine: Engine, socketPath: string): Promise<ApiS
       },
     });
   };
-  const audit = (actor: Actor, action: string, detail: Record<string, unknown>) => engine.state.audit(actor.user, action, detail, engine.clock.now());
-  const body = (req: FastifyRequest) => (typeof req.body === 'object' && req.body !== null ? req.body as Record<string, unknown> : {});
-  const snapshotId = async (ref: string): Promise<{ id: SnapshotId; tree: string; time: string }> => {
-    const { snapshots } = await listSnapshots(engine.repo);
-    const s = resolveSnapshot(snapshots, ref);
-    return { id: s.id, tree: s.snapshot.tree, time: s.snapshot.time };
-  };
-
   const PUBLIC = new Set(['GET /v1/status', 'POST /v1/setup', 'POST /v1/login']);
   app.decorateRequest('actor', null);
   app.decorateRequest('sessionToken', null);
@@ -182,6 +179,24 @@ export async function startApi(engine: Engine, socketPath: string): Promise<ApiS
   });
   app.setErrorHandler((err, _req, reply) => sendError(reply, err));
   app.setNotFoundHandler((_req, reply) => sendError(reply, new HoldfastError('HF_NOT_FOUND', 'no such API route')));
+
+  registerRoutes(route, engine);
+
+  await fsp.rm(socketPath, { force: true });
+  await app.listen({ path: socketPath });
+  await fsp.chmod(socketPath, 0o660);
+  return { close: () => app.close() };
+}
+
+/** The routes; `engine` is used only when a handler runs. */
+function registerRoutes(route: RouteFn, engine: Engine): void {
+  const audit = (actor: Actor, action: string, detail: Record<string, unknown>) => engine.state.audit(actor.user, action, detail, engine.clock.now());
+  const body = (req: FastifyRequest) => (typeof req.body === 'object' && req.body !== null ? req.body as Record<string, unknown> : {});
+  const snapshotId = async (ref: string): Promise<{ id: SnapshotId; tree: string; time: string }> => {
+    const { snapshots } = await listSnapshots(engine.repo);
+    const s = resolveSnapshot(snapshots, ref);
+    return { id: s.id, tree: s.snapshot.tree, time: s.snapshot.time };
+  };
 
   // ---- public ----
   route('GET', '/v1/status', null, async () => ({
@@ -539,10 +554,6 @@ export async function startApi(engine: Engine, socketPath: string): Promise<ApiS
     });
   });
 
-  await fsp.rm(socketPath, { force: true });
-  await app.listen({ path: socketPath });
-  await fsp.chmod(socketPath, 0o660);
-  return { close: () => app.close() };
 }
 
 /** Everything the dashboard shows, in one answer. */

@@ -1,4 +1,4 @@
-export { API_ROUTES, type ApiRoute } from './api.ts';
+export { type ApiRoute, apiRoutes } from './api.ts';
 export { type Actor, LOCKOUT_FAILURES, LOCKOUT_MS, type Permission, allows } from './accounts.ts';
 export { type Clock, ManualClock, systemClock } from './clock.ts';
 export { Engine, type EngineOptions, dataFiles } from './engine.ts';
