@@ -24,6 +24,8 @@ export interface BackupOptions {
   /** Receives live counters once, at the start (for progress display). */
   onStart?: (live: { archive: ArchiveStats; writer: RepositoryWriter['stats'] }) => void;
   command?: string;
+  /** The snapshot's time (default now): the engine passes its clock's. */
+  time?: Date;
 }
 
 export interface BackupResult {
@@ -128,7 +130,7 @@ export async function backup(repo: Repository, source: Source, options: BackupOp
     const w = writer.stats;
     const snapshot: Snapshot = {
       version: 1,
-      time: new Date().toISOString(),
+      time: (options.time ?? new Date()).toISOString(),
       host,
       username: os.userInfo().username,
       paths,

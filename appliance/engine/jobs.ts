@@ -79,7 +79,7 @@ async function backupJob(svc: EngineServices, ctx: JobContext): Promise<Record<s
   try {
     const r = await backup(svc.repo, source, {
       paths: src.spec.paths, tags: [`source:${src.name}`], host: sourceHost(src), signal: ctx.signal,
-      onStart: (l) => { live = l; }, command: `holdfast engine: backup ${src.name}`,
+      onStart: (l) => { live = l; }, command: `holdfast engine: backup ${src.name}`, time: new Date(svc.clock.now()),
     });
     tick.stop();
     ctx.progress({ phase: 'cataloguing', source: src.name, percent: 100 });
