@@ -209,12 +209,13 @@ export class JobRunner {
         const cancelled = abort.signal.aborted;
         const code = errorCode(err) ?? 'HF_IO';
         const message = err instanceof Error ? err.message : String(err);
+        const details = err instanceof HoldfastError ? err.details : undefined;
         if (cancelled && this.#stopped) {
           // The engine stops: the job is left "running" and resumes at the next start.
           log.info('job left to resume at the next start');
           return;
         }
-        await this.#finish(job.id, cancelled ? 'cancelled' : 'failed', null, { code, message });
+        await this.#finish(job.id, cancelled ? 'cancelled' : 'failed', null, { code, message, ...(details ? { details } : {}) });
         log.warn({ code, message }, cancelled ? 'job cancelled' : 'job failed');
       }
     })().finally(() => {
@@ -240,6 +241,8 @@ export class JobRunner {
     error: { code: string; message: string } | null): Promise<void> {
     const r = this.#running.get(id);
     await this.#state.updateJob(id, { state, finished: this.#clock.now(), result, error, ...(r?.job.progress ? { progress: r.job.progress } : {}) });
+    // No longer running once it says so: listeners see the end and what still runs together.
+    this.#running.delete(id);
     const job = await this.#state.job(id);
     if (job) this.#events.emit({ type: 'job', job });
   }

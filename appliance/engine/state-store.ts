@@ -66,7 +66,7 @@ export interface JobRecord {
   params: Record<string, unknown>;
   progress: Record<string, unknown> | null;
   result: Record<string, unknown> | null;
-  error: { code: string; message: string } | null;
+  error: { code: string; message: string; details?: Record<string, unknown> } | null;
 }
 
 export interface AuditRecord {
