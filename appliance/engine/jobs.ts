@@ -7,6 +7,7 @@ import { replicateTargets } from '../replication/index.ts';
 import { restore } from '../restore/index.ts';
 import { listSnapshots, resolveSnapshot } from '../snapshot/index.ts';
 import { type Source, type SourceCredentials, openSource } from '../sources/index.ts';
+import { type Estimate, estimateSource } from './estimate.ts';
 import type { JobContext, JobType } from './job-runner.ts';
 import type { EngineServices } from './services.ts';
 import type { JobKind, SourceRecord, SourceSecret } from './state-store.ts';
@@ -55,13 +56,20 @@ async function backupJob(svc: EngineServices, ctx: JobContext): Promise<Record<s
   const name = ctx.job.subject;
   const src = name ? await svc.state.source(name) : null;
   if (!src) throw new HoldfastError('HF_NOT_FOUND', `no source named ${name ?? '(none)'}; it was removed, or the job names none`);
-  // The last snapshot of this source says how much to expect (for the progress bar and ETA).
+  // The last snapshot of this source says how much to expect (for the
+  // progress bar and ETA); a first backup counts the source beside it.
   const { snapshots } = await listSnapshots(svc.repo);
   const previous = snapshots.filter((s) => s.snapshot.tags.includes(`source:${src.name}`)).at(-1) ?? null;
-  const expected = previous?.snapshot.stats.bytes ?? null;
+  let expected = previous?.snapshot.stats.bytes ?? null;
+  let counted: Estimate | null = null;
   const started = svc.clock.now();
   ctx.progress({ phase: 'connecting', source: src.name });
   const source = await connectSource(svc, src);
+  const counting = new AbortController();
+  const estimate = previous ? null : estimateSource(source, src.spec.paths, AbortSignal.any([ctx.signal, counting.signal]), (e) => {
+    counted = e;
+    if (e.complete) expected = e.bytes;
+  }).catch(() => null);
   let live: { archive: { files: number; bytes: number; bytesRead: number; filesRead: number }; writer: { bytesAdded: number } } | null = null;
   const report = () => {
     if (!live) return;
@@ -70,9 +78,11 @@ async function backupJob(svc: EngineServices, ctx: JobContext): Promise<Record<s
     const rate = seconds > 0 ? live.archive.bytesRead / seconds : 0;
     const percent = expected ? Math.min(99, Math.floor((100 * done) / Math.max(expected, 1))) : null;
     const eta = expected && done > 0 && seconds > 1 ? Math.max(0, Math.round(((expected - done) / done) * seconds)) : null;
+    const c = counted as Estimate | null;
     ctx.progress({
       phase: 'backing up', source: src.name, files: live.archive.files, bytes: done, bytesRead: live.archive.bytesRead,
       bytesAdded: live.writer.bytesAdded, seconds: Math.round(seconds), rate: Math.round(rate), expectedBytes: expected, percent, etaSeconds: eta,
+      ...(c && !c.complete ? { counting: { files: c.files, bytes: c.bytes } } : {}),
     });
   };
   const tick = ticker(report);
@@ -92,6 +102,8 @@ async function backupJob(svc: EngineServices, ctx: JobContext): Promise<Record<s
     };
   } finally {
     tick.stop();
+    counting.abort();
+    await estimate;
     await source.close();
   }
 }

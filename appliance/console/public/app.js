@@ -129,6 +129,7 @@ function jobLine(j) {
   if (typeof p.percent === 'number') facts.push(`${p.percent}%`);
   if (p.files !== undefined) facts.push(`${p.files} files`);
   if (p.bytes !== undefined) facts.push(bytes(p.bytes) + (p.expectedBytes ? ` of ${bytes(p.expectedBytes)}` : p.bytesTotal ? ` of ${bytes(p.bytesTotal)}` : ''));
+  if (p.counting) facts.push(`still counting the source: ${bytes(p.counting.bytes)} in ${p.counting.files} files so far`);
   if (p.rate) facts.push(`${bytes(p.rate)}/s`);
   if (p.etaSeconds !== null && p.etaSeconds !== undefined && j.state === 'running') facts.push(`about ${duration(p.etaSeconds)} left`);
   return h('div', { class: 'job', dataset: { job: j.id } },
