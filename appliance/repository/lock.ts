@@ -33,10 +33,15 @@ export const STALE_AFTER_MS = 30 * 60_000;
 
 const WRITER = 'writer';
 
+/** The start time of a running process (from /proc), or null when none runs under that pid. */
 export function processStart(pid: number): string | null {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+    const fields = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const f = fields.slice(fields.lastIndexOf(')') + 2).split(' ');
+    // A zombie (Z) or dead (X) process holds nothing: it ended, and its
+    // parent (gone too, or not reaping) has not collected it yet.
+    if (f[0] === 'Z' || f[0] === 'X') return null;
+    return f[19] ?? null;
   } catch {
     return null;
   }
