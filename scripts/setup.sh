@@ -1,8 +1,8 @@
 #!/bin/sh
 # Sets up a fresh Debian (bookworm) machine for Holdfast, as root (or with sudo):
 # the Debian packages the build, tests and benchmarks need, then `npm ci`, which
-# installs the pinned Node 26 runtime and builds the native addon and sqlite3
-# against it. Safe to run again.
+# installs the pinned Node 26 runtime and builds the native addon against it.
+# Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
 

@@ -191,7 +191,7 @@ export async function main(argv: string[]): Promise<number> {
       let catalog: Catalog | null = null;
       try {
         await repo.loadIndex();
-        // sqlite3 is loaded by the commands that use the catalog only
+        // the catalog (and SQLite) is loaded by the commands that use it only
         const { Catalog } = await import('../catalog/index.ts');
         catalog = await Catalog.open(cacheDir(g), repo.id);
         await catalog.sync(repo);
