@@ -43,15 +43,22 @@ export class Repository {
   readonly storage: Storage;
   readonly config: RepoConfig;
   readonly sealer: Sealer;
-  readonly index = new MasterIndex();
+  #index = new MasterIndex();
   /** Index files that could not be read (their packs are read from headers instead). */
-  readonly damagedIndexFiles: { name: IndexId; error: Error }[] = [];
+  #damagedIndexFiles: { name: IndexId; error: Error }[] = [];
   /** Packs known from their own headers because their index file is damaged. */
-  readonly #fromHeaders = new Set<PackId>();
+  #fromHeaders = new Set<PackId>();
   readonly #masterKey: Buffer;
   readonly #keys: WorkingKeys;
   readonly #gear: Buffer;
-  #indexLoaded = false;
+  #indexLoading: Promise<void> | null = null;
+  #refreshing: Promise<void> | null = null;
+  /**
+   * Other processes write to this repository while it is open (the engine's
+   * job workers): a blob the index does not know makes it read the index
+   * files written since, once, before the blob counts as missing.
+   */
+  followWriters = false;
 
   private constructor(storage: Storage, config: RepoConfig, masterKey: Buffer) {
     this.storage = storage;
@@ -150,6 +157,16 @@ export class Repository {
     return Lock.acquire(this.storage, mode, command);
   }
 
+  /** Where every indexed blob is (loadIndex() fills it). */
+  get index(): MasterIndex {
+    return this.#index;
+  }
+
+  /** Index files that could not be read (their packs are read from headers instead). */
+  get damagedIndexFiles(): readonly { name: IndexId; error: Error }[] {
+    return this.#damagedIndexFiles;
+  }
+
   /**
    * Loads every index file into the master index (once). A damaged index
    * file loses nothing: it is recorded in damagedIndexFiles, and the packs
@@ -157,30 +174,70 @@ export class Repository {
    * (a writer then gives them a new index file: adoptUnindexedPacks).
    * Newer format versions and I/O errors still fail.
    */
-  async loadIndex(): Promise<void> {
-    if (this.#indexLoaded) return;
-    const files = await this.storage.list('index');
+  loadIndex(): Promise<void> {
+    this.#indexLoading ??= this.#buildIndex(new MasterIndex(), []).then((b) => this.#useIndex(b), (err: unknown) => {
+      this.#indexLoading = null;
+      throw err;
+    });
+    return this.#indexLoading;
+  }
+
+  /**
+   * Catches up with index files another process wrote since the index was
+   * loaded (the engine's job workers): new ones are added; when one went
+   * away (a prune replaced it) or one was damaged, the whole index is read
+   * again. Readers keep the old index until the new one is complete.
+   */
+  async refreshIndex(): Promise<void> {
+    if (!this.#indexLoading) return this.loadIndex();
+    await this.#indexLoading;
+    const present = new Set((await this.storage.list('index')).map((f) => f.name));
+    const known = new Set<string>([...this.#index.indexFiles()].map(([id]) => id));
+    const rebuild = this.#damagedIndexFiles.length > 0 || [...known].some((id) => !present.has(id));
+    const fresh = rebuild ? await this.#buildIndex(new MasterIndex(), []) : null;
+    if (fresh) {
+      this.#useIndex(fresh);
+      return;
+    }
+    const added = [...present].filter((name) => !known.has(name));
+    if (added.length === 0) return;
+    const more = await this.#buildIndex(this.#index, added);
+    // A new index file that cannot be read: read everything again, as at open.
+    if (more.damaged.length > 0) this.#useIndex(await this.#buildIndex(new MasterIndex(), []));
+  }
+
+  #useIndex(b: { index: MasterIndex; damaged: { name: IndexId; error: Error }[]; fromHeaders: Set<PackId> }): void {
+    this.#index = b.index;
+    this.#damagedIndexFiles = b.damaged;
+    this.#fromHeaders = b.fromHeaders;
+  }
+
+  /** Adds index files (all of them when `only` is empty) to `index`; packs no readable file lists come from their headers. */
+  async #buildIndex(index: MasterIndex, only: string[]): Promise<{ index: MasterIndex; damaged: { name: IndexId; error: Error }[]; fromHeaders: Set<PackId> }> {
+    const files = only.length > 0 ? only.map((name) => ({ name })) : await this.storage.list('index');
+    const damaged: { name: IndexId; error: Error }[] = [];
+    const fromHeaders = new Set<PackId>(only.length > 0 ? this.#fromHeaders : []);
     await forEachLimit(files, 8, async (f) => {
       try {
         const packs = decodeIndex(await this.loadFile('index', f.name), `index ${shortId(f.name)}`);
-        this.index.add(packs, f.name as IndexId);
+        index.add(packs, f.name as IndexId);
       } catch (err) {
         if (!hasCode(err, 'HF_REPO_CORRUPT')) throw err;
-        this.damagedIndexFiles.push({ name: f.name as IndexId, error: err as Error });
+        damaged.push({ name: f.name as IndexId, error: err as Error });
       }
     });
-    if (this.damagedIndexFiles.length > 0) {
+    if (damaged.length > 0 && only.length === 0) {
       for (const p of await this.storage.list('pack')) {
-        if (this.index.hasPack(p.name as PackId)) continue;
+        if (index.hasPack(p.name as PackId)) continue;
         try {
-          this.index.add([{ pack: p.name as PackId, entries: await readPackHeader(this.storage, this.sealer, p.name as PackId, p.size) }]);
-          this.#fromHeaders.add(p.name as PackId);
+          index.add([{ pack: p.name as PackId, entries: await readPackHeader(this.storage, this.sealer, p.name as PackId, p.size) }]);
+          fromHeaders.add(p.name as PackId);
         } catch {
           // an unreadable pack is check's to report
         }
       }
     }
-    this.#indexLoaded = true;
+    return { index, damaged, fromHeaders };
   }
 
   /**
@@ -214,6 +271,11 @@ export class Repository {
   }
 
   async loadBlobChecked(id: BlobId): Promise<{ plain: Buffer; allZero: boolean; location: BlobLocation }> {
+    if (this.followWriters && !this.#index.has(id)) {
+      // one refresh for all the blobs missed meanwhile
+      this.#refreshing ??= this.refreshIndex().finally(() => { this.#refreshing = null; });
+      await this.#refreshing;
+    }
     const loc = this.locate(id);
     const sealed = await this.storage.load('pack', loc.pack, loc.offset, loc.length);
     try {

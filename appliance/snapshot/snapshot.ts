@@ -79,14 +79,42 @@ export async function loadSnapshot(repo: Repository, id: SnapshotId): Promise<Sn
   return decodeSnapshot(await repo.loadFile('snapshot', id), id);
 }
 
-/** All snapshots, oldest first. Unreadable ones are reported, not fatal; vanished ones are skipped. */
-export async function listSnapshots(repo: Repository): Promise<{ snapshots: SnapshotEntry[]; damaged: { id: SnapshotId; error: Error }[] }> {
+/**
+ * Snapshot records already read, per open repository. A snapshot file is
+ * named by its content's hash and never changes, so a record once read stays
+ * true for as long as its file is listed; the engine lists snapshots on
+ * most console pages and reads each file once. Records are frozen: shared.
+ * Only callers that ask (`cached`) get them: check and prune read every
+ * file, so that a file damaged since is found.
+ */
+const records = new WeakMap<Repository, Map<SnapshotId, Snapshot>>();
+
+function deepFreeze<T>(o: T): T {
+  if (typeof o === 'object' && o !== null && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}
+
+/**
+ * All snapshots, oldest first. Unreadable ones are reported, not fatal;
+ * vanished ones are skipped. With `cached`, records read before by a cached
+ * listing of this repository are not read again.
+ */
+export async function listSnapshots(repo: Repository, options: { cached?: boolean } = {}): Promise<{ snapshots: SnapshotEntry[]; damaged: { id: SnapshotId; error: Error }[] }> {
   const ids = await repo.listSnapshotIds();
+  let cache = options.cached ? records.get(repo) : new Map<SnapshotId, Snapshot>();
+  if (!cache) records.set(repo, cache = new Map());
+  const listed = new Set(ids);
+  for (const id of cache.keys()) if (!listed.has(id)) cache.delete(id);
   const snapshots: SnapshotEntry[] = [];
   const damaged: { id: SnapshotId; error: Error }[] = [];
   await forEachLimit(ids, 8, async (id) => {
     try {
-      snapshots.push({ id, snapshot: await loadSnapshot(repo, id) });
+      let snapshot = cache.get(id);
+      if (!snapshot) cache.set(id, snapshot = options.cached ? deepFreeze(await loadSnapshot(repo, id)) : await loadSnapshot(repo, id));
+      snapshots.push({ id, snapshot });
     } catch (err) {
       // one that vanished since the listing was forgotten meanwhile
       if (!hasCode(err, 'HF_STORAGE_NOT_FOUND')) damaged.push({ id, error: err as Error });
