@@ -140,6 +140,36 @@ t.test('packs, index checkpoints, and adoption of packs no index lists', async (
   t.equal(blobIdOf(Buffer.from(ids[0]!, 'hex')), ids[0]);
 });
 
+t.test('a reader catches up with what another process wrote (refreshIndex, followWriters)', async (t) => {
+  const dir = tmpDir(t);
+  const { repo, location } = await init(t, dir, { packSize: 1 << 20 });
+  await repo.loadIndex();
+  // another process (the engine's job worker) writes to the same repository
+  const other = await open(t, location, { password: 'correct horse' });
+  const w = other.writer();
+  const ids: BlobId[] = [];
+  for (let i = 0; i < 8; i++) ids.push((await w.saveBlob(BlobType.data, pseudoRandom(`w${i}`, 300_000), null)).id);
+  await w.flush();
+  t.notOk(repo.index.has(ids[0]!), 'the reader\'s index does not know the new blobs');
+  await t.rejects(repo.loadBlob(ids[0]!), { code: 'HF_BLOB_MISSING' }, 'and, not following writers, does not look for them');
+  repo.followWriters = true;
+  t.same((await repo.loadBlob(ids[0]!)).subarray(0, 16), pseudoRandom('w0', 16), 'following writers, a miss reads the new index files');
+  t.ok(ids.every((id) => repo.index.has(id)), 'all of them');
+
+  // the index files are replaced (as a prune does): the reader's index is read again, from the new files only
+  const before = [...repo.index.indexFiles()].map(([f]) => f);
+  for (const f of fs.readdirSync(path.join(location, 'index'))) fs.rmSync(path.join(location, 'index', f));
+  const lock = await other.lock('append', 'test');
+  const again = await open(t, location, { password: 'correct horse' });
+  t.equal((await again.writer().adoptUnindexedPacks()).blobs, 8);
+  await lock.release();
+  await repo.refreshIndex();
+  const after = [...repo.index.indexFiles()].map(([f]) => f);
+  t.same(after.sort(), fs.readdirSync(path.join(location, 'index')).sort(), 'the index lists exactly the files now there');
+  t.notOk(after.some((f) => before.includes(f)), 'none of the removed ones');
+  t.ok(ids.every((id) => repo.index.has(id)), 'and still every blob');
+});
+
 t.test('BlobReader: batches spanning more pack windows than it keeps read back exactly', async (t) => {
   const dir = tmpDir(t);
   const { repo } = await init(t, dir, { packSize: 1 << 20 });
