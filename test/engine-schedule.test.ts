@@ -121,7 +121,7 @@ t.test('a backup interrupted by killing the engine resumes after the restart and
   t.ok(packsAtKill.length > 0, `${packsAtKill.length} packs were on disk when the engine died`);
   await app.startEngine();
   const done = await waitJob(app.local, job.id);
-  t.equal(done.state, 'done', 'the same job completed after the restart');
+  t.equal(done.state, 'done', `the same job completed after the restart${done.error ? ` (${JSON.stringify(done.error)})` : ''}`);
   t.equal(done.attempts, 2, 'in a second attempt');
   t.ok(done.result.adoptedPacks > 0, `it took in the ${done.result.adoptedPacks} pack(s) the first attempt wrote`);
   t.ok(done.result.bytesAdded < total * 0.8, `and added ${done.result.bytesAdded} bytes of ${total}: what was stored was not stored again`);

@@ -76,6 +76,11 @@ export class Catalog {
       INSERT INTO meta VALUES ('schema', '${SCHEMA_VERSION}');`);
   }
 
+  /** Whether a snapshot is catalogued. */
+  async has(snapshot: SnapshotId): Promise<boolean> {
+    return (await this.#db.get('SELECT 1 FROM snapshots WHERE id = ?', [snapshot])) !== undefined;
+  }
+
   /** Brings the catalog up to date with the repository. */
   async sync(repo: Repository): Promise<{ added: number; removed: number }> {
     const { snapshots } = await listSnapshots(repo);

@@ -27,5 +27,11 @@ try {
 } catch {
   // an unwritable cache only costs start-up time and memory
 }
-const { main } = await import('./main.ts');
-process.exitCode = await main(process.argv.slice(2));
+if (process.argv[2] === '_job-worker') {
+  // A job worker of holdfast-engine (appliance/engine/job-worker.ts): not a command.
+  const { workerMain } = await import('../engine/job-worker.ts');
+  process.exitCode = await workerMain();
+} else {
+  const { main } = await import('./main.ts');
+  process.exitCode = await main(process.argv.slice(2));
+}

@@ -14,7 +14,8 @@ import { type SourceSpec, openSource, parseSourceUrl } from '../sources/index.ts
 import { type Actor, LOCAL_ACTOR, type Permission, allows, verifyPassword } from './accounts.ts';
 import type { Engine } from './engine.ts';
 import { dataFiles } from './engine.ts';
-import { sourceCredentials, sourceHost } from './jobs.ts';
+import { sourceCredentials } from './job-work.ts';
+import { sourceHost } from './jobs.ts';
 import { validateCron } from './scheduler.ts';
 import { fileStream, nodeAt, snapshotPath, zipStream } from './snapshot-files.ts';
 import { JOB_KINDS, type JobKind, type SourceSecret } from './state-store.ts';
@@ -193,7 +194,7 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
   const audit = (actor: Actor, action: string, detail: Record<string, unknown>) => engine.state.audit(actor.user, action, detail, engine.clock.now());
   const body = (req: FastifyRequest) => (typeof req.body === 'object' && req.body !== null ? req.body as Record<string, unknown> : {});
   const snapshotId = async (ref: string): Promise<{ id: SnapshotId; tree: string; time: string }> => {
-    const { snapshots } = await listSnapshots(engine.repo);
+    const { snapshots } = await listSnapshots(engine.repo, { cached: true });
     const s = resolveSnapshot(snapshots, ref);
     return { id: s.id, tree: s.snapshot.tree, time: s.snapshot.time };
   };
@@ -334,7 +335,7 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
   });
   route('POST', '/v1/retention/preview', 'read', async (req) => {
     const policy = policyOf(body(req).policy);
-    const { snapshots } = await listSnapshots(engine.repo);
+    const { snapshots } = await listSnapshots(engine.repo, { cached: true });
     const protect = new Set(await engine.state.protectedSnapshots());
     const decisions = applyPolicy(snapshots, policy).map((d) => ({
       snapshot: d.entry.id, short: shortId(d.entry.id), time: d.entry.snapshot.time, host: d.entry.snapshot.host, paths: d.entry.snapshot.paths,
@@ -346,7 +347,7 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
 
   // ---- snapshots: browse, search, compare, download ----
   route('GET', '/v1/snapshots', 'read', async () => {
-    const { snapshots, damaged } = await listSnapshots(engine.repo);
+    const { snapshots, damaged } = await listSnapshots(engine.repo, { cached: true });
     const protect = new Set(await engine.state.protectedSnapshots());
     return {
       snapshots: snapshots.map((s) => ({
@@ -366,7 +367,7 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
   route('GET', '/v1/snapshots/:id/entries', 'read', async (req) => {
     const q = req.query as { path?: string; after?: string; limit?: string };
     const s = await snapshotId((req.params as { id: string }).id);
-    await engine.afterWrite().catch(() => undefined); // a snapshot just written is catalogued before it is browsed
+    await engine.catalogued(s.id).catch(() => undefined); // a snapshot just written is catalogued before it is browsed
     const page = await engine.catalog.listPage(s.id, snapshotPath(q.path ?? '/'), {
       ...(q.after !== undefined ? { after: q.after } : {}), ...(q.limit ? { limit: Number(q.limit) } : {}),
     });
@@ -560,7 +561,7 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
 async function dashboard(engine: Engine): Promise<Record<string, unknown>> {
   const now = engine.clock.now();
   const [sources, { snapshots }, schedules, targets, history, recovery] = await Promise.all([
-    engine.state.sources(), listSnapshots(engine.repo), engine.state.schedules(), engine.targets.list(),
+    engine.state.sources(), listSnapshots(engine.repo, { cached: true }), engine.state.schedules(), engine.targets.list(),
     engine.state.storageHistory(now - 90 * 86_400_000), engine.state.getSealed('recovery-key'),
   ]);
   const warnings: { severity: 'error' | 'warning' | 'info'; message: string; action: string }[] = [];

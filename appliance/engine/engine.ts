@@ -17,6 +17,7 @@ import { type ApiServer, startApi } from './api.ts';
 import { type Clock, systemClock } from './clock.ts';
 import { EngineEvents } from './events.ts';
 import { JobRunner } from './job-runner.ts';
+import { reapWorkers, runInWorker } from './job-worker.ts';
 import { jobTypes } from './jobs.ts';
 import { EngineMetrics } from './metrics.ts';
 import { Notifier } from './notifier.ts';
@@ -58,6 +59,8 @@ export function dataFiles(dataDir: string) {
     metricsToken: path.join(dataDir, 'metrics.token'),
     restores: path.join(dataDir, 'restores'),
     pki: path.join(dataDir, 'pki'),
+    /** One file per running job worker, named by its pid. */
+    workers: path.join(dataDir, 'workers'),
   };
 }
 
@@ -81,6 +84,8 @@ async function tokenFile(file: string): Promise<string> {
  */
 export class Engine implements EngineServices {
   readonly dataDir: string;
+  readonly workersDir: string;
+  readonly cacheDir: string;
   readonly socketPath: string;
   readonly repo: Repository;
   readonly state: StateStore;
@@ -99,12 +104,16 @@ export class Engine implements EngineServices {
   readonly restoreRoots: string[];
   readonly #schedule: boolean;
   #api: ApiServer | null = null;
-  #catalogSync: Promise<void> = Promise.resolve();
+  #catalogSync: Promise<void> | null = null;
+  #afterWrite: Promise<void> = Promise.resolve();
+  readonly #stopping = new AbortController();
 
   private constructor(o: {
     options: EngineOptions; repo: Repository; state: StateStore; catalog: Catalog; localToken: string; metricsToken: string; log: Logger; clock: Clock;
   }) {
     this.dataDir = o.options.dataDir;
+    this.workersDir = dataFiles(this.dataDir).workers;
+    this.cacheDir = dataFiles(this.dataDir).cache;
     this.socketPath = o.options.socketPath ?? dataFiles(this.dataDir).socket;
     this.repo = o.repo;
     this.state = o.state;
@@ -135,6 +144,7 @@ export class Engine implements EngineServices {
     const key = await ApplianceKey.load(files.key);
     const state = await StateStore.open(files.state, key);
     const repo = await openRepository(state, files.repository, options.repo, log);
+    repo.followWriters = true; // the job workers write to it
     await fsp.mkdir(files.cache, { recursive: true, mode: 0o700 });
     const catalog = await Catalog.open(files.cache, repo.id);
     const [localToken, metricsToken] = await Promise.all([tokenFile(files.localToken), tokenFile(files.metricsToken)]);
@@ -143,10 +153,12 @@ export class Engine implements EngineServices {
 
   /** Resumes interrupted jobs, starts the scheduler, serves the API; then tells systemd it is ready. */
   async start(): Promise<void> {
+    const reaped = await reapWorkers(this.workersDir);
+    if (reaped.length > 0) this.log.warn({ pids: reaped }, 'stopped job workers a previous engine left running');
     await this.runner.start();
     if (this.#schedule) this.scheduler.start();
     this.#api = await startApi(this, this.socketPath);
-    this.afterWrite().catch((err: unknown) => this.log.warn({ err }, 'catalog sync at start failed'));
+    this.syncCatalog().then(() => this.afterWrite('start')).catch((err: unknown) => this.log.warn({ err }, 'catalog sync at start failed'));
     this.events.on((e) => { if (e.type === 'job') this.notifier.jobStatus(this.runner.running()); });
     this.notifier.ready(() => this.healthy());
     this.log.info({ socket: this.socketPath, dataDir: this.dataDir, repository: this.repo.storage.location }, 'engine ready');
@@ -167,23 +179,33 @@ export class Engine implements EngineServices {
     await this.scheduler.stop();
     await this.#api?.close();
     await this.runner.stop();
-    await this.#catalogSync.catch(() => undefined);
+    this.#stopping.abort(new HoldfastError('HF_INTERRUPTED', 'the engine is stopping'));
+    await this.#catalogSync?.catch(() => undefined);
+    await this.#afterWrite.catch(() => undefined);
     await this.catalog.close();
     await this.state.close();
     await this.repo.close();
+  }
+
+  async repoCredentials(): Promise<{ dir: string; password: string }> {
+    const known = await this.state.getSealed<{ dir: string; password: string }>('repository');
+    if (!known) throw new HoldfastError('HF_REPO_NOT_FOUND', 'the state database names no repository; start the engine again');
+    return known;
   }
 
   async protectedIds(): Promise<SnapshotId[]> {
     return (await this.state.protectedSnapshots()) as SnapshotId[];
   }
 
-  /** Catalog sync (one at a time), storage history, metrics. */
-  afterWrite(): Promise<void> {
-    this.#catalogSync = this.#catalogSync.catch(() => undefined).then(async () => {
-      await this.catalog.sync(this.repo);
+  /** Storage history and metrics after a job wrote (its worker catalogued what it wrote); a prune also replaced index files. */
+  afterWrite(by: 'backup' | 'prune' | 'start'): Promise<void> {
+    const next = this.#afterWrite.catch(() => undefined).then(async () => {
+      // A backup's new blobs are found on demand (followWriters); a prune's
+      // deleted packs must not be read from, so its index is read again.
+      if (by === 'prune') await this.repo.refreshIndex();
       const packs = await this.repo.storage.list('pack');
       const repoBytes = packs.reduce((a, p) => a + p.size, 0);
-      const { snapshots } = await listSnapshots(this.repo);
+      const { snapshots } = await listSnapshots(this.repo, { cached: true });
       const latest = new Map<string, number>();
       for (const s of snapshots) latest.set(s.snapshot.tags.find((t) => t.startsWith('source:')) ?? `${s.snapshot.host}\0${s.snapshot.paths.join('\0')}`, s.snapshot.stats.bytes);
       const logical = [...latest.values()].reduce((a, b) => a + b, 0);
@@ -191,6 +213,32 @@ export class Engine implements EngineServices {
       this.metrics.repository(repoBytes, snapshots.length);
       await this.metrics.refreshLag(this).catch(() => undefined);
     });
+    this.#afterWrite = next;
+    return next;
+  }
+
+  /** Makes sure a snapshot (perhaps written a moment ago by a job worker) is in the catalog before it is browsed. */
+  async catalogued(snapshot: SnapshotId): Promise<void> {
+    if (await this.catalog.has(snapshot)) return;
+    await this.syncCatalog();
+  }
+
+  /**
+   * Catalogues what the catalog lacks, in a worker (the engine only reads
+   * the catalog): at start, and when a snapshot is browsed before its
+   * backup's worker catalogued it. One at a time; callers meanwhile share it.
+   */
+  syncCatalog(): Promise<void> {
+    this.#catalogSync ??= (async () => {
+      try {
+        const r = await runInWorker(await this.repoCredentials(), { kind: 'catalog', cacheDir: this.cacheDir },
+          { job: null, signal: this.#stopping.signal, progress: () => undefined, log: this.log }, this.workersDir);
+        const c = r.catalog as { error?: string } | undefined;
+        if (c?.error) this.log.warn({ error: c.error }, 'catalog sync failed; the next one catches up');
+      } finally {
+        this.#catalogSync = null;
+      }
+    })();
     return this.#catalogSync;
   }
 }

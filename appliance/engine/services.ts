@@ -14,6 +14,10 @@ import type { StateStore } from './state-store.ts';
 /** What the engine's parts (jobs, the API) share. The engine owns each; they must not close them. */
 export interface EngineServices {
   dataDir: string;
+  /** Pids of the running job workers (job-worker.ts). */
+  workersDir: string;
+  /** The catalog's directory (job workers write the catalog there; the engine reads it). */
+  cacheDir: string;
   repo: Repository;
   state: StateStore;
   accounts: Accounts;
@@ -25,8 +29,10 @@ export interface EngineServices {
   metrics: EngineMetrics;
   clock: Clock;
   log: Logger;
+  /** Where the repository is and its passphrase (sealed in the state database): for job workers. */
+  repoCredentials(): Promise<{ dir: string; password: string }>;
   /** Snapshots an admin protected from retention. */
   protectedIds(): Promise<SnapshotId[]>;
-  /** After a job wrote to the repository: catalog synced, storage history and metrics updated. */
-  afterWrite(): Promise<void>;
+  /** After a job wrote to the repository (its worker catalogued it): storage history and metrics updated; after a prune, the index read again. */
+  afterWrite(by: 'backup' | 'prune' | 'start'): Promise<void>;
 }

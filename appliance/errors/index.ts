@@ -73,6 +73,7 @@ export const ErrorCodes = {
   HF_JOB_BUSY: 'a job of the same kind is already running for that subject',
   HF_UPDATE_LOCKED: 'jobs are running (or an update holds the lock): the update or reboot has to wait',
   HF_ENGINE_UNAVAILABLE: 'the engine does not answer on its socket',
+  HF_WORKER_FAILED: 'a job\'s worker process ended without finishing the job (killed, out of memory, crashed)',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

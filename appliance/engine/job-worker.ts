@@ -1,0 +1,197 @@
+// Job workers: each running job is a child process of the engine
+// (`holdfast.mjs _job-worker`), so that a backup's chunking, sealing and
+// tree building never share the engine's event loop or threadpool with the
+// API. The console stays quick while a backup uses every core; the worker
+// runs at a lower CPU priority (nice 10) so that it yields to the API.
+//
+// The channel is Node's IPC pipe (structured clone). The engine sends
+// { start } with the repository's location and passphrase and the job's
+// WorkSpec, later perhaps { cancel }; the worker sends { progress } now and
+// then and one { done } or { failed }, then exits. A worker whose engine
+// goes away (the pipe closes: the engine was killed) exits at once, as if
+// killed with it: the job resumes when the engine starts again.
+import { fork } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+import { V8_FLAGS } from '../cli/runtime.mjs';
+import { type ErrorCode, HoldfastError, errorCode } from '../errors/index.ts';
+import { Repository } from '../repository/index.ts';
+import { LocalStorage } from '../storage/index.ts';
+import type { Logger } from 'pino';
+
+import { type WorkSpec, work } from './job-work.ts';
+
+/** The worker's CPU priority: below the engine and the console (0). */
+export const WORKER_NICE = 10;
+
+const ENTRY = fileURLToPath(new URL('../cli/holdfast.mjs', import.meta.url));
+export const WORKER_ARG = '_job-worker';
+
+export interface WorkerStart {
+  type: 'start';
+  job: number | null;
+  repo: { dir: string; password: string };
+  spec: WorkSpec;
+}
+
+/** Whom a worker works for: a job (its id), or the engine itself (null: catalog catch-up). */
+export interface WorkerContext {
+  job: number | null;
+  signal: AbortSignal;
+  progress(p: Record<string, unknown>): void;
+  log: Logger;
+}
+
+type ToWorker = WorkerStart | { type: 'cancel'; message: string };
+type FromWorker =
+  | { type: 'progress'; progress: Record<string, unknown> }
+  | { type: 'done'; result: Record<string, unknown> }
+  | { type: 'failed'; error: { code: string; message: string; details?: Record<string, unknown> } };
+
+/**
+ * Runs spec in a new worker process on behalf of ctx.job: its
+ * progress goes to ctx.progress, ctx.signal cancels it (the worker stops as
+ * the job would have: HF_INTERRUPTED). Resolves with the job's result;
+ * rejects with the job's coded error, or HF_WORKER_FAILED when the worker
+ * died without saying how the job ended.
+ */
+export function runInWorker(repo: { dir: string; password: string }, spec: WorkSpec, ctx: WorkerContext, workersDir: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const child = fork(ENTRY, [WORKER_ARG], {
+      execArgv: [...V8_FLAGS],
+      serialization: 'advanced',
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    let outcome: FromWorker | null = null;
+    let spawnError: Error | null = null;
+    const send = (m: ToWorker) => {
+      if (child.connected) child.send(m, (err) => { if (err) ctx.log.warn({ err }, 'cannot reach the job worker'); });
+    };
+    const onAbort = () => {
+      const reason = ctx.signal.reason as unknown;
+      send({ type: 'cancel', message: reason instanceof Error ? reason.message : 'cancelled' });
+    };
+    const pidFile = child.pid !== undefined ? path.join(workersDir, String(child.pid)) : null;
+    child.once('spawn', () => {
+      if (pidFile) {
+        try {
+          fs.mkdirSync(workersDir, { recursive: true, mode: 0o700 });
+          fs.writeFileSync(pidFile, `${ctx.job ?? spec.kind}\n`);
+        } catch (err) {
+          ctx.log.warn({ err }, 'cannot record the job worker\'s pid');
+        }
+      }
+      try {
+        if (child.pid !== undefined) os.setPriority(child.pid, WORKER_NICE);
+      } catch (err) {
+        ctx.log.warn({ err }, 'cannot lower the job worker\'s priority; it runs at the engine\'s');
+      }
+      send({ type: 'start', job: ctx.job, repo, spec });
+      if (ctx.signal.aborted) onAbort();
+      else ctx.signal.addEventListener('abort', onAbort, { once: true });
+    });
+    child.on('message', (m: FromWorker) => {
+      if (m.type === 'progress') ctx.progress(m.progress);
+      else outcome = m;
+    });
+    child.once('error', (err) => { spawnError = err; });
+    child.once('exit', (code, signal) => {
+      ctx.signal.removeEventListener('abort', onAbort);
+      if (pidFile) fs.rmSync(pidFile, { force: true });
+      const o = outcome as FromWorker | null;
+      if (o?.type === 'done') return resolve(o.result);
+      if (o?.type === 'failed') {
+        return reject(new HoldfastError(o.error.code as ErrorCode, o.error.message, o.error.details ? { details: o.error.details } : undefined));
+      }
+      reject(new HoldfastError('HF_WORKER_FAILED',
+        `the job's worker process ${spawnError ? `could not start (${spawnError.message})` : `ended (${signal ?? `exit code ${code}`}) before the job finished`}; ` +
+        'what it stored is kept; run the job again, and if this repeats, see the engine\'s log', { details: { exitCode: code, signal } }));
+    });
+  });
+}
+
+/**
+ * Stops job workers a previous engine left behind (it was killed; they exit
+ * when they notice, but may still hold the repository's lock): each pid
+ * recorded in workersDir that is still a job worker gets SIGKILL, and is
+ * waited for (up to 10 s). Returns the pids stopped.
+ */
+export async function reapWorkers(workersDir: string): Promise<number[]> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(workersDir);
+  } catch {
+    return [];
+  }
+  const stopped: number[] = [];
+  for (const name of names) {
+    const pid = Number(name);
+    const isWorker = () => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(WORKER_ARG);
+      } catch {
+        return false; // gone (or not Linux: then nothing is killed on a guess)
+      }
+    };
+    if (Number.isInteger(pid) && pid > 1 && isWorker()) {
+      try {
+        process.kill(pid, 'SIGKILL');
+        stopped.push(pid);
+      } catch {
+        // ended meanwhile, or not ours to kill
+      }
+      for (let i = 0; i < 200 && isWorker(); i++) await sleep(50);
+    }
+    await fsp.rm(path.join(workersDir, name), { force: true });
+  }
+  return stopped;
+}
+
+/** The worker process's side: waits for { start }, runs the job, reports, exits. */
+export async function workerMain(): Promise<number> {
+  if (!process.send) {
+    process.stderr.write(`${WORKER_ARG} is started by holdfast-engine, not by hand\n`);
+    return 2;
+  }
+  const abort = new AbortController();
+  // The engine went away (killed, crashed): stop now, as a killed job would.
+  process.once('disconnect', () => process.exit(70));
+  // Ctrl-C reaches the whole process group, and systemd (without
+  // KillMode=mixed) the whole unit: the engine decides, and cancels the job
+  // if it stops; a worker stopping on its own would look like a failed job.
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => undefined);
+  const start = await new Promise<WorkerStart>((resolve) => {
+    process.on('message', (m: ToWorker) => {
+      if (m.type === 'start') resolve(m);
+      else if (m.type === 'cancel') abort.abort(new HoldfastError('HF_INTERRUPTED', m.message));
+    });
+  });
+  const tell = (m: FromWorker) => new Promise<void>((resolve) => {
+    if (!process.connected) return resolve();
+    process.send!(m, undefined, {}, () => resolve());
+  });
+  let repo: Repository | null = null;
+  try {
+    repo = await Repository.open(new LocalStorage(start.repo.dir), { password: start.repo.password });
+    const result = await work(start.spec, {
+      repo, signal: abort.signal,
+      progress: (progress) => { if (process.connected) process.send!({ type: 'progress', progress }); },
+    });
+    await tell({ type: 'done', result });
+  } catch (err) {
+    const details = err instanceof HoldfastError ? err.details : undefined;
+    await tell({
+      type: 'failed',
+      error: { code: errorCode(err) ?? 'HF_IO', message: err instanceof Error ? err.message : String(err), ...(details ? { details } : {}) },
+    });
+  } finally {
+    await repo?.close().catch(() => undefined);
+  }
+  process.disconnect?.();
+  return 0;
+}
