@@ -1,4 +1,4 @@
-// `npm run bench [-- chunker|tree|versions|sources|replication]`: Holdfast's benchmarks
+// `npm run bench [-- chunker|tree|versions|sources|replication|console]`: Holdfast's benchmarks
 // (see README.md here). No subcommand runs them all. Exit status 0 when every
 // measurement ran (targets missed included); non-zero when a tool failed or a
 // restore did not verify.
@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 
 import { type ChunkerResult, benchChunker } from './chunker.ts';
+import { type ConsoleSummary, benchConsole } from './console.ts';
 import { emit, heading, humanOnStderr, note, say } from './report.ts';
 import { BenchError, GNU_TIME, capture } from './run.ts';
 import { toolVersions } from './tools.ts';
@@ -14,7 +15,7 @@ import { type SourcesSummary, benchSources } from './sources.ts';
 import { type TreeSummary, benchTree } from './tree.ts';
 import { type VersionsSummary, benchVersions } from './versions.ts';
 
-const SUBCOMMANDS = ['chunker', 'tree', 'versions', 'sources', 'replication'] as const;
+const SUBCOMMANDS = ['chunker', 'tree', 'versions', 'sources', 'replication', 'console'] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 function parseArgs(argv: string[]): Subcommand[] {
@@ -65,6 +66,7 @@ async function main(argv: string[]): Promise<void> {
   let versions: VersionsSummary | undefined;
   let sources: SourcesSummary | undefined;
   let replication: ReplicationSummary | undefined;
+  let consoleApi: ConsoleSummary | undefined;
   if (which.includes('chunker')) {
     if (!chunkerOnly) heading('chunker: native FastCDC, one thread, 1 GiB of random bytes');
     chunker = await benchChunker();
@@ -73,6 +75,7 @@ async function main(argv: string[]): Promise<void> {
   if (which.includes('versions')) versions = benchVersions(work);
   if (which.includes('sources')) sources = await benchSources(work);
   if (which.includes('replication')) replication = await benchReplication(work);
+  if (which.includes('console')) consoleApi = await benchConsole(work);
   if (chunkerOnly) return;
 
   const pass: Record<string, boolean> = {};
@@ -81,6 +84,7 @@ async function main(argv: string[]): Promise<void> {
   if (versions) pass.versions_repo_size = versions.pass.repo_size;
   for (const [k, v] of Object.entries(sources?.pass ?? {})) pass[`sources_${k}`] = v;
   for (const [k, v] of Object.entries(replication?.pass ?? {})) pass[`replication_${k}`] = v;
+  for (const [k, v] of Object.entries(consoleApi?.pass ?? {})) pass[`console_${k}`] = v;
   const seconds = Math.round((performance.now() - started) / 1000);
   heading('summary');
   for (const [k, v] of Object.entries(pass)) say(`${v ? 'PASS' : 'FAIL'}  ${k}`);
@@ -91,6 +95,7 @@ async function main(argv: string[]): Promise<void> {
     ...(tree ? { tree: { files: tree.files, bytes: tree.bytes, vs_restic: tree.vs_restic, vs_borg: tree.vs_borg } } : {}),
     ...(sources ? { sources: { files: sources.files, bytes: sources.bytes, ratios: sources.ratios } } : {}),
     ...(replication ? { replication: { bytes: replication.bytes, holdfast_mbps: replication.holdfast_mbps, rsync_mbps: replication.rsync_mbps, vs_rsync: replication.vs_rsync, conn_per_second: replication.conn_per_second, idle: replication.idle } } : {}),
+    ...(consoleApi ? { console: { clients: consoleApi.clients, requests: consoleApi.requests, p95_ms: consoleApi.p95_ms, page_ms: consoleApi.page_ms } } : {}),
     ...(versions ? { versions: { repo_bytes: versions.repo_bytes, seconds: versions.seconds, size_vs_restic: versions.size_vs_restic, size_vs_borg: versions.size_vs_borg } } : {}),
     pass,
     all_pass: Object.values(pass).every(Boolean),

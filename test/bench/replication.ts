@@ -18,7 +18,7 @@ import { fileDigest } from '../helpers/tree.ts';
 import { type Pki, makePki, startStore } from '../helpers/store.ts';
 import type { LoadConfig } from './conn-load.ts';
 import { emit, heading, mib, note, passMark, ratio, round, say, secs, table } from './report.ts';
-import { type Command, type RunResult, BenchError, GNU_TIME, capture, duBytes, removeTree, run, sync, warmPageCache } from './run.ts';
+import { type Command, type RunResult, BenchError, GNU_TIME, capture, duBytes, removeTree, run, sync, teardownScope, warmPageCache } from './run.ts';
 import { HOLDFAST_BIN } from './tools.ts';
 import { V8_FLAGS } from '../../appliance/cli/runtime.mjs';
 
@@ -55,13 +55,6 @@ interface Timed extends RunResult {
   cpu: number;
   /** Minor page faults (GNU time %R). */
   minorFaults: number;
-}
-
-/** The helpers want a tap Test only for teardown; the benchmark runs those at its end. */
-function teardownScope(): { t: Test; close(): Promise<void> } {
-  const fns: (() => unknown)[] = [];
-  const t = { teardown: (fn: () => unknown) => { fns.push(fn); } } as unknown as Test;
-  return { t, close: async () => { for (const fn of fns.reverse()) await fn(); } };
 }
 
 function holdfast(args: string[], env: Record<string, string>): Command {

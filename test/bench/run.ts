@@ -5,6 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import type { Test } from 'tap';
+
 /** A failure that makes the benchmark meaningless: the run exits non-zero. */
 export class BenchError extends Error {
   override readonly name = 'BenchError';
@@ -33,6 +35,14 @@ export interface TimedResult extends RunResult {
 }
 
 export const GNU_TIME = '/usr/bin/time';
+
+/** The helpers want a tap Test only for teardown; the benchmark runs those at its end. */
+export function teardownScope(): { t: Test; close(): Promise<void> } {
+  const fns: (() => unknown)[] = [];
+  const t = { teardown: (fn: () => unknown) => { fns.push(fn); } } as unknown as Test;
+  return { t, close: async () => { for (const fn of fns.reverse()) await fn(); } };
+}
+
 
 function describe(c: Command): string {
   return [c.file, ...c.args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a}'`)).join(' ');

@@ -6,13 +6,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import type { Test } from 'tap';
-
 import { smbclientArgv, startSamba } from '../helpers/samba.ts';
 import { startSshd } from '../helpers/sshd.ts';
 import { prepareTree, treeStats } from './data.ts';
 import { emit, heading, mib, note, passMark, ratio, round, say, secs, table } from './report.ts';
-import { type TimedResult, BenchError, mountTarget, removeTree, run, timed, unmountTarget, warmPageCache } from './run.ts';
+import { type TimedResult, BenchError, mountTarget, removeTree, run, timed, unmountTarget, teardownScope, warmPageCache } from './run.ts';
 import { HOLDFAST_BIN, parseHoldfastBackup } from './tools.ts';
 import { V8_FLAGS } from '../../appliance/cli/runtime.mjs';
 
@@ -37,13 +35,6 @@ export interface SourcesSummary {
   bytes: number;
   ratios: Record<string, number>;
   pass: Record<string, boolean>;
-}
-
-/** The helpers want a tap Test only for teardown; the benchmark runs those at its end. */
-function teardownScope(): { t: Test; close(): Promise<void> } {
-  const fns: (() => unknown)[] = [];
-  const t = { teardown: (fn: () => unknown) => { fns.push(fn); } } as unknown as Test;
-  return { t, close: async () => { for (const fn of fns.reverse()) await fn(); } };
 }
 
 function holdfast(args: string[], env: Record<string, string>): { file: string; args: string[]; env: NodeJS.ProcessEnv } {

@@ -143,6 +143,11 @@ export class ConsoleClient {
     return a;
   }
 
+  /** The session's connection pool (for a request of one's own, e.g. the events stream). */
+  get dispatcher(): Agent {
+    return this.#agent;
+  }
+
   close(): Promise<void> {
     return this.#agent.close();
   }
