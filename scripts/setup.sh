@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 # samba (with samba-vfs-modules, for shadow_copy2), smbclient, openssh-server
 # and openssh-client: the real SMB and SFTP servers the source tests start on
 # loopback (and the peers the source benchmark compares against). rsync: the
-# replication benchmark's peer (rsync -a over ssh).
-PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba samba-vfs-modules smbclient openssh-server openssh-client rsync"
+# replication benchmark's peer (rsync -a over ssh). chromium and fonts: the
+# console's browser test drives Debian's chromium headless (playwright-core).
+# systemd: systemd-analyze, which the unit-file test runs (verify, security).
+PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba samba-vfs-modules smbclient openssh-server openssh-client rsync chromium fonts-dejavu-core fonts-liberation systemd"
 
 if [ "$(id -u)" -eq 0 ]; then
   SUDO=""

@@ -79,7 +79,7 @@ export function registerConsoleCommands(program: Command, ctx: CommandContext): 
         engineSocket: o.engineSocket ? path.resolve(o.engineSocket) : path.join(dir, 'engine.sock'),
         host, port, log,
       });
-      log.info({ url: c.url }, 'console ready');
+      log.info({ url: c.url, certificate: c.fingerprint }, 'console ready');
       const { sdNotify } = await import('../../native/index.ts');
       sdNotify(`READY=1\nSTATUS=serving ${c.url}\nMAINPID=${process.pid}`);
       await new Promise<void>((resolve) => {

@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import https from 'node:https';
@@ -71,7 +72,7 @@ function fail(reply: FastifyReply, status: number, code: string, message: string
  * certificate. /metrics relays the engine's Prometheus text to a scraper
  * holding the metrics token.
  */
-export async function startConsole(o: ConsoleOptions): Promise<{ url: string; close(): Promise<void> }> {
+export async function startConsole(o: ConsoleOptions): Promise<{ url: string; fingerprint: string; close(): Promise<void> }> {
   const certFile = path.join(o.stateDir, 'console.crt');
   const keyFile = path.join(o.stateDir, 'console.key');
   const hosts = ['localhost', '127.0.0.1', '::1', ...[os.hostname(), ...(o.certHosts ?? [])].filter((h) => DNS_NAME.test(h))];
@@ -165,6 +166,8 @@ export async function startConsole(o: ConsoleOptions): Promise<{ url: string; cl
   const url = `https://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`;
   return {
     url,
+    // what a browser shows for the self-signed certificate, to compare before trusting it
+    fingerprint: `SHA256:${new X509Certificate(fs.readFileSync(certFile)).fingerprint256}`,
     close: async () => {
       await app.close();
       await engine.close();
