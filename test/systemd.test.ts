@@ -9,6 +9,7 @@ import path from 'node:path';
 
 import t, { type Test } from 'tap';
 
+import { V8_FLAGS } from '../appliance/cli/runtime.mjs';
 import { sdNotify } from '../native/index.ts';
 import { ROOT } from './helpers/cli.ts';
 import { startAppliance, waitJob } from './helpers/appliance.ts';
@@ -31,6 +32,8 @@ t.test('units pass systemd-analyze verify and rate at most 4.0 for exposure', { 
     const text = fs.readFileSync(path.join(UNIT_DIR, `${u}.service`), 'utf8');
     t.match(text, /^Type=notify$/m, `${u}: Type=notify`);
     t.match(text, /^NotifyAccess=main$/m, `${u}: NotifyAccess=main (only the service's own process may notify)`);
+    const exec = /^ExecStart=(\S+) (.*)$/m.exec(text);
+    t.same(exec?.[2]?.split(' ').slice(0, V8_FLAGS.length), V8_FLAGS, `${u}: node runs with the V8 flags the CLI and the benchmarks use`);
     const file = path.join(rel, `${u}.service`);
     fs.writeFileSync(file, text.replaceAll('/opt/holdfast/current', rel));
     const v = spawnSync('systemd-analyze', ['verify', file], { encoding: 'utf8' });
@@ -41,7 +44,10 @@ t.test('units pass systemd-analyze verify and rate at most 4.0 for exposure', { 
     t.ok(m, `${u}: an exposure level`);
     t.ok(m && Number(m[1]) <= 4.0, `${u}: exposure ${m?.[1]} <= 4.0`);
   }
-  t.match(fs.readFileSync(path.join(UNIT_DIR, 'holdfast-engine.service'), 'utf8'), /^WatchdogSec=\d+s$/m, 'the engine has a watchdog');
+  const engine = fs.readFileSync(path.join(UNIT_DIR, 'holdfast-engine.service'), 'utf8');
+  t.match(engine, /^WatchdogSec=\d+s$/m, 'the engine has a watchdog');
+  t.match(engine, /^KillMode=mixed$/m, 'stopping the engine stops its job workers through it (SIGTERM to the engine only)');
+  t.match(engine, /^SystemCallFilter=setpriority$/m, 'its job workers may lower their own priority');
 });
 
 /** A real datagram socket, read by python3: one JSON line per datagram with the sender's pid (SO_PASSCRED). */
