@@ -13,6 +13,7 @@ import { ApplianceKey } from '../appliance/engine/secrets.ts';
 import { StateStore } from '../appliance/engine/state-store.ts';
 import { EngineClient } from '../appliance/console/index.ts';
 import { ConsoleClient, startAppliance, waitJob } from './helpers/appliance.ts';
+import { startSshd } from './helpers/sshd.ts';
 import { tmpDir } from './helpers/tmp.ts';
 
 const ADMIN = { user: 'admin', password: 'correct horse battery staple' };
@@ -139,6 +140,46 @@ t.test('access rules, over the real console and engine', async (t) => {
   t.equal((await admin.request('POST', '/api/v1/logout', {})).status, 200);
   admin.cookie = cookie;
   t.equal((await admin.request('GET', '/api/v1/dashboard')).status, 401, 'the old cookie no longer works after logout');
+});
+
+t.test('restore "back where it came from": in place for a local source, refused for a server\'s snapshot', async (t) => {
+  const dir = tmpDir(t);
+  fs.chmodSync(dir, 0o755); // the SSH user reads the source below
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(path.join(src, 'folder'), { recursive: true, mode: 0o755 });
+  fs.writeFileSync(path.join(src, 'folder', 'a.txt'), 'alpha\n', { mode: 0o644 });
+  const app = await startAppliance(t, { dataDir: path.join(dir, 'data') });
+  const admin = new ConsoleClient(app);
+  t.teardown(() => admin.close());
+  t.equal((await admin.request('POST', '/api/v1/setup', ADMIN)).status, 200);
+  await admin.login(ADMIN.user, ADMIN.password);
+
+  t.equal((await admin.request('POST', '/api/v1/sources', { name: 'here', kind: 'local', paths: [src] })).status, 200);
+  const b1 = await admin.request('POST', '/api/v1/jobs', { kind: 'backup', subject: 'here' });
+  const local = (await waitJob(app.local, b1.json.job.id)).result.snapshot as string;
+  fs.writeFileSync(path.join(src, 'folder', 'a.txt'), 'ransomware was here\n');
+  const r = await admin.request('POST', '/api/v1/restores', { snapshot: local, paths: [path.join(src, 'folder')], target: 'original' });
+  t.equal(r.status, 200, 'a local source\'s folder may go back where it came from');
+  t.equal((await waitJob(app.local, r.json.job.id)).state, 'done');
+  t.equal(fs.readFileSync(path.join(src, 'folder', 'a.txt'), 'utf8'), 'alpha\n', 'and is there again as it was');
+
+  // The same paths backed up from a server over SFTP name places on that server, not on this box.
+  const sshd = await startSshd(t);
+  const sftp = await admin.request('POST', '/api/v1/sources', {
+    name: 'server', url: `sftp://${sshd.user}@127.0.0.1:${sshd.port}${src}`,
+    identityKey: fs.readFileSync(sshd.identityFile, 'utf8'), hostKey: sshd.hostKeyFingerprint,
+  });
+  t.equal(sftp.status, 200, `an SFTP source ${JSON.stringify(sftp.json?.error ?? '')}`);
+  const b2 = await admin.request('POST', '/api/v1/jobs', { kind: 'backup', subject: 'server' });
+  const done = await waitJob(app.local, b2.json.job.id);
+  t.equal(done.state, 'done', `backed up over SFTP ${JSON.stringify(done.error ?? '')}`);
+  fs.writeFileSync(path.join(src, 'folder', 'a.txt'), 'changed again\n');
+  const refused = await admin.request('POST', '/api/v1/restores', { snapshot: done.result.snapshot, paths: [path.join(src, 'folder')], target: 'original' });
+  t.same([refused.status, refused.json?.error?.code], [400, 'HF_INVALID_ARGUMENT'], 'restoring a server\'s snapshot onto this box\'s paths is refused');
+  t.match(refused.json?.error?.message, /restore area/, 'and says what to do instead');
+  t.equal(fs.readFileSync(path.join(src, 'folder', 'a.txt'), 'utf8'), 'changed again\n', 'nothing was written');
+  const jobs = await app.local.call<{ jobs: { kind: string }[] }>('GET', '/v1/jobs?kind=restore');
+  t.equal(jobs.jobs.length, 1, 'no restore job was queued for it');
 });
 
 t.test('lockout: failures older than a minute do not count; a lock ends after its time', async (t) => {

@@ -103,7 +103,7 @@ function policyOf(v: unknown): RetentionPolicy {
 }
 
 /** Where restores may write: under the restore area, or back where a local source's files came from. */
-async function restoreTarget(engine: Engine, target: unknown, snapshotPaths: readonly string[]): Promise<string> {
+async function restoreTarget(engine: Engine, target: unknown, snapshotPaths: readonly string[], source: { kind: string; location: string }): Promise<string> {
   const restores = dataFiles(engine.dataDir).restores;
   if (target === undefined || target === null || target === '') {
     const dir = path.join(restores, new Date(engine.clock.now()).toISOString().replace(/[:.]/g, '-'));
@@ -111,6 +111,12 @@ async function restoreTarget(engine: Engine, target: unknown, snapshotPaths: rea
     return dir;
   }
   if (target === 'original') {
+    // A share's or a server's paths name places on that server, not on this box.
+    if (source.kind !== 'local') {
+      throw new HoldfastError('HF_INVALID_ARGUMENT',
+        `this snapshot came from ${source.location} (${source.kind}): restoring onto the server is not supported yet; ` +
+        'restore into the restore area (or a restore root) and copy the files back from there');
+    }
     if (!snapshotPaths.every((p) => path.isAbsolute(p))) throw new HoldfastError('HF_INVALID_ARGUMENT', 'cannot restore to the original place');
     return '/';
   }
@@ -193,10 +199,10 @@ export async function startApi(engine: Engine, socketPath: string): Promise<ApiS
 function registerRoutes(route: RouteFn, engine: Engine): void {
   const audit = (actor: Actor, action: string, detail: Record<string, unknown>) => engine.state.audit(actor.user, action, detail, engine.clock.now());
   const body = (req: FastifyRequest) => (typeof req.body === 'object' && req.body !== null ? req.body as Record<string, unknown> : {});
-  const snapshotId = async (ref: string): Promise<{ id: SnapshotId; tree: string; time: string }> => {
+  const snapshotId = async (ref: string): Promise<{ id: SnapshotId; tree: string; time: string; source: { kind: string; location: string } }> => {
     const { snapshots } = await listSnapshots(engine.repo, { cached: true });
     const s = resolveSnapshot(snapshots, ref);
-    return { id: s.id, tree: s.snapshot.tree, time: s.snapshot.time };
+    return { id: s.id, tree: s.snapshot.tree, time: s.snapshot.time, source: s.snapshot.source };
   };
 
   // ---- public ----
@@ -414,7 +420,7 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
     const b = body(req);
     const s = await snapshotId(str(b.snapshot, 'snapshot'));
     const paths = Array.isArray(b.paths) ? b.paths.map((p) => snapshotPath(p)) : [];
-    const target = await restoreTarget(engine, b.target, paths);
+    const target = await restoreTarget(engine, b.target, paths, s.source);
     const { job } = await engine.runner.request('restore', null, a.user, { snapshot: s.id, paths, target });
     await audit(a, 'restore', { snapshot: s.id, paths, target, job: job.id });
     return { ok: true, job };
