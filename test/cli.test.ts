@@ -115,6 +115,13 @@ t.test('key passwd with the recovery key; unlock of a stale lock', async (t) => 
   t.equal(changed.code, 0, `passwd with the recovery key${changed.code ? `: ${changed.stderr}` : ''}`);
   t.equal((await cli(['snapshots', '--repo', repo, '--json'], env)).json.error.code, 'HF_WRONG_PASSWORD', 'the old passphrase is gone');
   t.equal((await cli(['snapshots', '--repo', repo], { ...env, HOLDFAST_PASSWORD: 'new' })).code, 0, 'the new one works');
+  // opened with the passphrase itself: HOLDFAST_PASSWORD is the old one, never taken for the new one
+  const again = await cli(['key', 'passwd', '--repo', repo], { ...env, HOLDFAST_PASSWORD: 'new', HOLDFAST_NEW_PASSWORD: 'newer' });
+  t.equal(again.code, 0, `passwd with the passphrase${again.code ? `: ${again.stderr}` : ''}`);
+  t.equal((await cli(['snapshots', '--repo', repo, '--json'], { ...env, HOLDFAST_PASSWORD: 'new' })).json.error.code, 'HF_WRONG_PASSWORD', 'the passphrase it was opened with is gone');
+  t.equal((await cli(['snapshots', '--repo', repo], { ...env, HOLDFAST_PASSWORD: 'newer' })).code, 0, 'HOLDFAST_NEW_PASSWORD is the new one');
+  const none = await cli(['key', 'passwd', '--repo', repo, '--json'], { ...env, HOLDFAST_PASSWORD: 'newer' });
+  t.equal(none.json.error.code, 'HF_NO_PASSWORD', 'without a new passphrase nothing changes');
   const stale = { mode: 'append', host: 'elsewhere', pid: 1, pidStart: null, user: 'x', command: 'holdfast backup', time: '2000-01-01T00:00:00Z' };
   fs.writeFileSync(path.join(repo, 'locks', 'writer'), JSON.stringify(stale));
   const u = await cli(['unlock', '--repo', repo], env);

@@ -380,7 +380,8 @@ export async function main(argv: string[]): Promise<number> {
     .description('set a new passphrase (from HOLDFAST_NEW_PASSWORD or --new-password-file); open with the old one or the recovery key')
     .option('--new-password-file <file>', 'the new passphrase')
     .action(action(async (g, o: { newPasswordFile?: string }) => {
-      const next = passphrase({ passwordFile: o.newPasswordFile }, false) ?? process.env.HOLDFAST_NEW_PASSWORD;
+      // never HOLDFAST_PASSWORD: that is the old one
+      const next = o.newPasswordFile ? readSecretFile(o.newPasswordFile, 'new passphrase') : process.env.HOLDFAST_NEW_PASSWORD;
       if (!next) throw new HoldfastError('HF_NO_PASSWORD', 'no new passphrase: set HOLDFAST_NEW_PASSWORD or pass --new-password-file');
       return withRepository(g, async (repo) => {
         await repo.changePassphrase(next);
