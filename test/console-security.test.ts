@@ -13,6 +13,7 @@ import { ApplianceKey } from '../appliance/engine/secrets.ts';
 import { StateStore } from '../appliance/engine/state-store.ts';
 import { EngineClient } from '../appliance/console/index.ts';
 import { ConsoleClient, startAppliance, waitJob } from './helpers/appliance.ts';
+import { cli } from './helpers/cli.ts';
 import { startSshd } from './helpers/sshd.ts';
 import { tmpDir } from './helpers/tmp.ts';
 
@@ -134,6 +135,15 @@ t.test('access rules, over the real console and engine', async (t) => {
   t.equal((await admin.request('GET', '/api/v1/dashboard')).status, 200, 'other accounts are not affected');
   const unknown = await attacker.login('nobody', 'whatever');
   t.same([unknown.status, unknown.json.error.code], [401, 'HF_WRONG_CREDENTIALS'], 'an unknown user gets the same answer as a wrong password');
+  // The way back in from the box itself (root, the local token): a new password ends the lockout.
+  const reset = await cli(['user', 'passwd', 'vera', '--data-dir', data, '--json'], { HOLDFAST_NEW_PASSWORD: 'vera new password 456' });
+  t.equal(reset.code, 0, `holdfast user passwd ${reset.stderr.trim()}`);
+  t.same(reset.json, { user: 'vera', changed: true });
+  t.equal((await attacker.login('vera', 'vera new password 456')).status, 200, 'the new password logs in at once, lock or not');
+  const listed = await cli(['user', 'list', '--data-dir', data, '--json']);
+  t.same(listed.json.users.map((u: { name: string; role: string }) => `${u.name}:${u.role}`).sort(), ['admin:admin', 'otto:operator', 'vera:viewer'], 'holdfast user list');
+  const noLocalToken = await cli(['user', 'list', '--data-dir', path.join(dir, 'elsewhere'), '--json']);
+  t.equal(noLocalToken.json.error.code, 'HF_ENGINE_UNAVAILABLE', 'without the local token: a coded error saying where it looked');
 
   // Logout ends the session at the engine, not only in the browser.
   const cookie = admin.cookie;

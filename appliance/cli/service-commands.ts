@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 
 import { HoldfastError } from '../errors/index.ts';
 import type { GlobalOptions } from './context.ts';
-import { passphrase } from './context.ts';
+import { passphrase, readSecretFile } from './context.ts';
 import { V8_FLAGS } from './runtime.mjs';
 import type { CommandContext } from './replication-commands.ts';
 
@@ -127,5 +127,47 @@ export function registerConsoleCommands(program: Command, ctx: CommandContext): 
       stop();
       await Promise.all([engineExit, exitOf(consoleProc)]);
       return ctx.signal.aborted ? ctx.exit.ok : first;
+    }));
+
+  // ---- console users, from the box itself (the way back in when no admin can log in) ----
+  const user = program.command('user').description('console users, through the engine\'s socket with DATA_DIR/local.token (root on the box)');
+  const local = async <T>(o: { dataDir?: string }, fn: (c: import('../console/index.ts').EngineClient) => Promise<T>): Promise<T> => {
+    const dir = dataDir(o);
+    const fs = await import('node:fs/promises');
+    let token: string;
+    try {
+      token = (await fs.readFile(path.join(dir, 'local.token'), 'utf8')).trim();
+    } catch (err) {
+      throw new HoldfastError('HF_ENGINE_UNAVAILABLE', `cannot read ${path.join(dir, 'local.token')} (${(err as Error).message}): run as root on the appliance, with --data-dir if it is elsewhere`);
+    }
+    const { EngineClient } = await import('../console/index.ts');
+    const c = new EngineClient(path.join(dir, 'engine.sock'), `Local ${token}`);
+    try {
+      return await fn(c);
+    } finally {
+      await c.close();
+    }
+  };
+  user.command('list')
+    .description('list the console\'s users and roles')
+    .option('--data-dir <dir>', 'data directory (or HOLDFAST_DATA_DIR)')
+    .action(ctx.action(async (_g: GlobalOptions, o: { dataDir?: string }) => {
+      const r = await local(o, (c) => c.call<{ users: { name: string; role: string; lockedUntil?: number }[] }>('GET', '/v1/users'));
+      for (const u of r.users) ctx.out().line(`${u.name}\t${u.role}`);
+      ctx.out().result({ users: r.users });
+      return ctx.exit.ok;
+    }));
+  user.command('passwd')
+    .description('set a console user\'s password (from HOLDFAST_NEW_PASSWORD or --new-password-file); also ends a lockout and the user\'s sessions')
+    .argument('<name>', 'the user')
+    .option('--new-password-file <file>', 'the new password')
+    .option('--data-dir <dir>', 'data directory (or HOLDFAST_DATA_DIR)')
+    .action(ctx.action(async (_g: GlobalOptions, name: string, o: { dataDir?: string; newPasswordFile?: string }) => {
+      const next = o.newPasswordFile ? readSecretFile(o.newPasswordFile, 'new password') : process.env.HOLDFAST_NEW_PASSWORD;
+      if (!next) throw new HoldfastError('HF_NO_PASSWORD', 'no new password: set HOLDFAST_NEW_PASSWORD or pass --new-password-file');
+      await local(o, (c) => c.call('PUT', `/v1/users/${encodeURIComponent(name)}`, { password: next }));
+      ctx.out().line(`password of ${name} set; its sessions ended, and a lockout with them`);
+      ctx.out().result({ user: name, changed: true });
+      return ctx.exit.ok;
     }));
 }
