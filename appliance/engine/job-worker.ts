@@ -18,12 +18,12 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
+import type { Logger } from 'pino';
+
 import { V8_FLAGS } from '../cli/runtime.mjs';
 import { type ErrorCode, HoldfastError, errorCode } from '../errors/index.ts';
 import { Repository } from '../repository/index.ts';
 import { LocalStorage } from '../storage/index.ts';
-import type { Logger } from 'pino';
-
 import { type WorkSpec, work } from './job-work.ts';
 
 /** The worker's CPU priority: below the engine and the console (0). */
@@ -100,7 +100,8 @@ export function runInWorker(repo: { dir: string; password: string }, spec: WorkS
       else outcome = m;
     });
     child.once('error', (err) => { spawnError = err; });
-    child.once('exit', (code, signal) => {
+    // 'close', not 'exit': it comes after the IPC channel closed, so after the last message
+    child.once('close', (code, signal) => {
       ctx.signal.removeEventListener('abort', onAbort);
       if (pidFile) fs.rmSync(pidFile, { force: true });
       const o = outcome as FromWorker | null;
@@ -160,7 +161,8 @@ export async function workerMain(): Promise<number> {
   }
   const abort = new AbortController();
   // The engine went away (killed, crashed): stop now, as a killed job would.
-  process.once('disconnect', () => process.exit(70));
+  const orphaned = () => process.exit(70);
+  process.once('disconnect', orphaned);
   // Ctrl-C reaches the whole process group, and systemd (without
   // KillMode=mixed) the whole unit: the engine decides, and cancels the job
   // if it stops; a worker stopping on its own would look like a failed job.
@@ -192,6 +194,7 @@ export async function workerMain(): Promise<number> {
   } finally {
     await repo?.close().catch(() => undefined);
   }
+  process.off('disconnect', orphaned);
   process.disconnect?.();
   return 0;
 }
