@@ -52,3 +52,11 @@ export async function openRepository(o: GlobalOptions): Promise<Repository> {
 export function cacheDir(o: GlobalOptions): string {
   return cacheRoot(o.cacheDir);
 }
+
+/** Resolves when signal aborts (at once if it has): a service command runs until then. */
+export function untilAborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+}

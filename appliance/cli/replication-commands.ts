@@ -13,7 +13,7 @@ import { Lock, Repository } from '../repository/index.ts';
 import { listSnapshots } from '../snapshot/index.ts';
 import { FsStoreBackend, StoreServer, assertTenant, importSeed } from '../store/index.ts';
 import { LocalStorage } from '../storage/index.ts';
-import { type GlobalOptions, credentials, repoLocation } from './context.ts';
+import { type GlobalOptions, credentials, repoLocation, untilAborted } from './context.ts';
 import { type Output, bytes, duration } from './output.ts';
 
 export interface CommandContext {
@@ -150,7 +150,7 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
       process.on('SIGHUP', onHup);
       out().line(`store ${o.name} serving ${path.resolve(o.dir)} on ${endpointText({ host: addr.address, port: addr.port })}`);
       out().result({ listening: { host: addr.address, port: addr.port }, dir: path.resolve(o.dir), pid: process.pid });
-      await new Promise<void>((resolve) => ctx.signal.addEventListener('abort', () => resolve(), { once: true }));
+      await untilAborted(ctx.signal);
       clearInterval(timer);
       process.off('SIGHUP', onHup);
       await server.close();

@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 
 import { HoldfastError } from '../errors/index.ts';
 import type { GlobalOptions } from './context.ts';
-import { passphrase, readSecretFile } from './context.ts';
+import { passphrase, readSecretFile, untilAborted } from './context.ts';
 import { V8_FLAGS } from './runtime.mjs';
 import type { CommandContext } from './replication-commands.ts';
 
@@ -51,10 +51,7 @@ export function registerServiceCommands(program: Command, ctx: CommandContext): 
         ...(process.env.HOLDFAST_RESTORE_ROOTS ? { restoreRoots: [...(o.restoreRoot ?? []), ...process.env.HOLDFAST_RESTORE_ROOTS.split(':').filter(Boolean)] } : {}),
       });
       await engine.start();
-      await new Promise<void>((resolve) => {
-        if (ctx.signal.aborted) resolve();
-        ctx.signal.addEventListener('abort', () => resolve(), { once: true });
-      });
+      await untilAborted(ctx.signal);
       await engine.stop();
       return ctx.exit.ok;
     }));
@@ -82,10 +79,7 @@ export function registerConsoleCommands(program: Command, ctx: CommandContext): 
       log.info({ url: c.url, certificate: c.fingerprint }, 'console ready');
       const { sdNotify } = await import('../../native/index.ts');
       sdNotify(`READY=1\nSTATUS=serving ${c.url}\nMAINPID=${process.pid}`);
-      await new Promise<void>((resolve) => {
-        if (ctx.signal.aborted) resolve();
-        ctx.signal.addEventListener('abort', () => resolve(), { once: true });
-      });
+      await untilAborted(ctx.signal);
       await c.close();
       return ctx.exit.ok;
     }));
@@ -152,7 +146,7 @@ export function registerConsoleCommands(program: Command, ctx: CommandContext): 
     .description('list the console\'s users and roles')
     .option('--data-dir <dir>', 'data directory (or HOLDFAST_DATA_DIR)')
     .action(ctx.action(async (_g: GlobalOptions, o: { dataDir?: string }) => {
-      const r = await local(o, (c) => c.call<{ users: { name: string; role: string; lockedUntil?: number }[] }>('GET', '/v1/users'));
+      const r = await local(o, (c) => c.call<{ users: { name: string; role: string; lockedUntil: string | null }[] }>('GET', '/v1/users'));
       for (const u of r.users) ctx.out().line(`${u.name}\t${u.role}`);
       ctx.out().result({ users: r.users });
       return ctx.exit.ok;
