@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { HoldfastError } from '../errors/index.ts';
+import { HoldfastError, errorCode } from '../errors/index.ts';
 import { SqliteDb } from '../sqlite/index.ts';
 import { type BlobId, type Repository, type SnapshotId, shortId } from '../repository/index.ts';
 import { type NodeType, type TreeNode, displayName, listSnapshots, loadTree, splitPath } from '../snapshot/index.ts';
@@ -81,21 +81,37 @@ export class Catalog {
     return (await this.#db.get('SELECT 1 FROM snapshots WHERE id = ?', [snapshot])) !== undefined;
   }
 
-  /** Brings the catalog up to date with the repository. */
-  async sync(repo: Repository): Promise<{ added: number; removed: number }> {
+  /**
+   * Brings the catalog up to date with the repository. A snapshot whose
+   * trees cannot be read (a damaged or missing blob) is left out and named
+   * in `damaged`, and the others are catalogued all the same; the next sync
+   * tries it again.
+   */
+  async sync(repo: Repository): Promise<{ added: number; removed: number; damaged: { id: SnapshotId; error: string }[] }> {
     const { snapshots } = await listSnapshots(repo);
     const known = new Set((await this.#db.all<{ id: string }>('SELECT id FROM snapshots')).map((r) => r.id));
     const present = new Set<string>(snapshots.map((s) => s.id));
     const gone = [...known].filter((id) => !present.has(id));
     const fresh = snapshots.filter((s) => !known.has(s.id));
-    if (gone.length === 0 && fresh.length === 0) return { added: 0, removed: 0 };
+    const damaged: { id: SnapshotId; error: string }[] = [];
+    if (gone.length === 0 && fresh.length === 0) return { added: 0, removed: 0, damaged };
     await this.#db.exec('BEGIN');
     try {
       for (const id of gone) await this.#db.run('DELETE FROM snapshots WHERE id = ?', [id]);
       const treeIds = new Map<string, number>();
       for (const s of fresh) {
-        const root = await this.#indexTree(repo, s.snapshot.tree, treeIds);
-        await this.#db.run('INSERT INTO snapshots (id, time, host, root) VALUES (?, ?, ?, ?)', [s.id, s.snapshot.time, s.snapshot.host, root]);
+        const added: string[] = [];
+        await this.#db.exec('SAVEPOINT snapshot');
+        try {
+          const root = await this.#indexTree(repo, s.snapshot.tree, treeIds, added);
+          await this.#db.run('INSERT INTO snapshots (id, time, host, root) VALUES (?, ?, ?, ?)', [s.id, s.snapshot.time, s.snapshot.host, root]);
+          await this.#db.exec('RELEASE snapshot');
+        } catch (err) {
+          if (!['HF_PACK_CORRUPT', 'HF_BLOB_MISSING', 'HF_REPO_CORRUPT', 'HF_STORAGE_NOT_FOUND'].includes(errorCode(err) ?? '')) throw err;
+          await this.#db.exec('ROLLBACK TO snapshot; RELEASE snapshot');
+          for (const blob of added) treeIds.delete(blob); // their rows went with the savepoint
+          damaged.push({ id: s.id, error: (err as Error).message });
+        }
       }
       if (gone.length > 0) {
         // Drop listings no remaining snapshot reaches.
@@ -113,11 +129,11 @@ export class Catalog {
       await this.#db.exec('ROLLBACK').catch(() => undefined);
       throw err;
     }
-    return { added: fresh.length, removed: gone.length };
+    return { added: fresh.length - damaged.length, removed: gone.length, damaged };
   }
 
   /** Catalogues a tree and everything below it that is not yet known; returns its row id. */
-  async #indexTree(repo: Repository, blob: BlobId, ids: Map<string, number>): Promise<number> {
+  async #indexTree(repo: Repository, blob: BlobId, ids: Map<string, number>, added: string[]): Promise<number> {
     const cached = ids.get(blob);
     if (cached !== undefined) return cached;
     const row = await this.#db.get<{ id: number }>('SELECT id FROM trees WHERE blob = ?', [blob]);
@@ -127,9 +143,10 @@ export class Catalog {
     }
     const nodes: TreeNode[] = await loadTree(repo, blob);
     const subIds: (number | null)[] = [];
-    for (const n of nodes) subIds.push(n.type === 'dir' && n.subtree ? await this.#indexTree(repo, n.subtree, ids) : null);
+    for (const n of nodes) subIds.push(n.type === 'dir' && n.subtree ? await this.#indexTree(repo, n.subtree, ids, added) : null);
     const id = (await this.#db.run('INSERT INTO trees (blob) VALUES (?)', [blob])).lastID;
     ids.set(blob, id);
+    added.push(blob);
     for (let i = 0; i < nodes.length; i += ROWS_PER_INSERT) {
       const batch = nodes.slice(i, i + ROWS_PER_INSERT);
       const params: (string | number | null)[] = [];
@@ -175,7 +192,10 @@ export class Catalog {
    */
   async #locate(snapshot: SnapshotId, dirPath: string): Promise<{ tree: number; here: string } | { file: CatalogEntry }> {
     const snap = await this.#db.get<{ root: number }>('SELECT root FROM snapshots WHERE id = ?', [snapshot]);
-    if (!snap) throw new HoldfastError('HF_SNAPSHOT_NOT_FOUND', `snapshot ${shortId(snapshot)} is not in the catalog`);
+    if (!snap) {
+      throw new HoldfastError('HF_SNAPSHOT_NOT_FOUND',
+        `snapshot ${shortId(snapshot)} is not in the catalog: its trees could not be read (run \`holdfast check\`), or it is still being catalogued`);
+    }
     let tree = snap.root;
     const parts = splitPath(dirPath).map((b) => b.toString('utf8'));
     let here = '';

@@ -194,7 +194,7 @@ export async function main(argv: string[]): Promise<number> {
         // the catalog (and SQLite) is loaded by the commands that use it only
         const { Catalog } = await import('../catalog/index.ts');
         catalog = await Catalog.open(cacheDir(g), repo.id);
-        await catalog.sync(repo);
+        for (const d of (await catalog.sync(repo)).damaged) out.warn(`snapshot ${shortId(d.id)} is left out of the catalog: ${d.error}`);
         const { snapshots } = await listSnapshots(repo);
         return await fn(repo, catalog, snapshots);
       } finally {

@@ -105,6 +105,8 @@ export class Engine implements EngineServices {
   readonly #schedule: boolean;
   #api: ApiServer | null = null;
   #catalogSync: Promise<void> | null = null;
+  /** Snapshots the last catalog worker could not catalogue. */
+  #uncatalogued = new Set<SnapshotId>();
   #afterWrite: Promise<void> = Promise.resolve();
   readonly #stopping = new AbortController();
 
@@ -217,9 +219,13 @@ export class Engine implements EngineServices {
     return next;
   }
 
-  /** Makes sure a snapshot (perhaps written a moment ago by a job worker) is in the catalog before it is browsed. */
+  /**
+   * Makes sure a snapshot (perhaps written a moment ago by a job worker) is
+   * in the catalog before it is browsed; one whose trees a sync could not
+   * read is not tried again on every request (the next backup's sync does).
+   */
   async catalogued(snapshot: SnapshotId): Promise<void> {
-    if (await this.catalog.has(snapshot)) return;
+    if (this.#uncatalogued.has(snapshot) || await this.catalog.has(snapshot)) return;
     await this.syncCatalog();
   }
 
@@ -233,8 +239,10 @@ export class Engine implements EngineServices {
       try {
         const r = await runInWorker(await this.repoCredentials(), { kind: 'catalog', cacheDir: this.cacheDir },
           { job: null, signal: this.#stopping.signal, progress: () => undefined, log: this.log }, this.workersDir);
-        const c = r.catalog as { error?: string } | undefined;
+        const c = r.catalog as { error?: string; damaged?: { id: SnapshotId; error: string }[] } | undefined;
         if (c?.error) this.log.warn({ error: c.error }, 'catalog sync failed; the next one catches up');
+        this.#uncatalogued = new Set(c?.damaged?.map((d) => d.id) ?? []);
+        if (c?.damaged?.length) this.log.warn({ damaged: c.damaged }, 'snapshots left out of the catalog: their trees cannot be read (run a verify)');
       } finally {
         this.#catalogSync = null;
       }
