@@ -136,3 +136,44 @@ t.test('a backup interrupted by killing the engine resumes after the restart and
   const verify = await app.local.call<{ job: { id: number } }>('POST', '/v1/jobs', { kind: 'verify' });
   t.equal((await waitJob(app.local, verify.job.id)).state, 'done', 'verify finds no damage');
 });
+
+t.test('a job worker killed mid-backup: the job fails with HF_WORKER_FAILED, the engine keeps serving, the next backup adopts what was stored', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  let total = 0;
+  for (let i = 0; i < 16; i++) {
+    const b = pseudoRandom(`worker ${i}`, 12 << 20);
+    fs.writeFileSync(path.join(src, `f${String(i).padStart(2, '0')}.bin`), b);
+    total += b.length;
+  }
+  const app = await startAppliance(t, { dataDir: path.join(dir, 'data') });
+  await app.local.call('POST', '/v1/sources', { name: 'big', kind: 'local', paths: [src] });
+  const { job } = await app.local.call<{ job: { id: number } }>('POST', '/v1/jobs', { kind: 'backup', subject: 'big' });
+  for (;;) {
+    const r = await app.local.call<{ job: { state: string; progress: { bytesAdded?: number } | null } }>('GET', `/v1/jobs/${job.id}`);
+    if (r.job.state !== 'queued' && r.job.state !== 'running') t.fail(`the job ended (${r.job.state}) before its worker could be killed`);
+    if ((r.job.progress?.bytesAdded ?? 0) > 60 << 20) break;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  const workers = fs.readdirSync(path.join(app.dataDir, 'workers'));
+  t.equal(workers.length, 1, 'one worker runs the backup, its pid recorded');
+  const pid = Number(workers[0]);
+  t.not(pid, app.engine.pid, 'in a process of its own');
+  t.match(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'), /_job-worker/);
+  t.equal(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[16], '10', 'at nice 10');
+  process.kill(pid, 'SIGKILL'); // as the OOM killer would
+  const failed = await waitJob(app.local, job.id);
+  t.equal(failed.state, 'failed');
+  t.equal(failed.error.code, 'HF_WORKER_FAILED', `a coded error: ${failed.error.message}`);
+  t.match(failed.error.message, /run the job again/, 'that says what to do');
+  t.ok(app.engine.alive(), 'the engine is still running');
+  t.same(fs.readdirSync(path.join(app.dataDir, 'workers')), [], 'the worker\'s pid file is gone');
+  const again = await app.local.call<{ job: { id: number } }>('POST', '/v1/jobs', { kind: 'backup', subject: 'big' });
+  const done = await waitJob(app.local, again.job.id);
+  t.equal(done.state, 'done', `the next backup completes${done.error ? ` (${JSON.stringify(done.error)})` : ''}`);
+  t.ok(done.result.adoptedPacks > 0, `taking in the ${done.result.adoptedPacks} pack(s) the killed worker wrote`);
+  t.ok(done.result.bytesAdded < total * 0.8, `adding ${done.result.bytesAdded} of ${total} bytes`);
+  const verify = await app.local.call<{ job: { id: number } }>('POST', '/v1/jobs', { kind: 'verify' });
+  t.equal((await waitJob(app.local, verify.job.id)).state, 'done', 'verify finds no damage');
+});
