@@ -8,11 +8,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import pino from 'pino';
-import t from 'tap';
+import t, { type Test } from 'tap';
 
 import { Engine, ManualClock } from '../appliance/engine/index.ts';
 import { listSnapshots } from '../appliance/snapshot/index.ts';
-import { startAppliance, waitJob } from './helpers/appliance.ts';
+import { type Appliance, startAppliance, waitJob } from './helpers/appliance.ts';
 import { tmpDir } from './helpers/tmp.ts';
 import { compareTrees, pseudoRandom } from './helpers/tree.ts';
 
@@ -96,26 +96,34 @@ t.test('schedules fire from the clock: hourly, daily, and a missed run once afte
   t.equal((await engine.state.job(prune.job.id))!.result!.forgotten, 21, '21 forgotten');
 });
 
-t.test('a backup interrupted by killing the engine resumes after the restart and completes, storing nothing twice', async (t) => {
+/**
+ * An appliance backing up `files` incompressible 12 MiB files from source
+ * "big"; resolves once the backup has stored more than `stored` bytes
+ * (progress is live from the API), so that it can be cut short.
+ */
+async function backupUnderway(t: Test, files: number, stored: number): Promise<{ app: Appliance; src: string; total: number; job: { id: number } }> {
   const dir = tmpDir(t);
   const src = path.join(dir, 'src');
   fs.mkdirSync(src);
   let total = 0;
-  for (let i = 0; i < 24; i++) {
-    const b = pseudoRandom(`resume ${i}`, 12 << 20);
+  for (let i = 0; i < files; i++) {
+    const b = pseudoRandom(`big ${i}`, 12 << 20);
     fs.writeFileSync(path.join(src, `f${String(i).padStart(2, '0')}.bin`), b);
     total += b.length;
   }
   const app = await startAppliance(t, { dataDir: path.join(dir, 'data') });
   await app.local.call('POST', '/v1/sources', { name: 'big', kind: 'local', paths: [src] });
   const { job } = await app.local.call<{ job: { id: number } }>('POST', '/v1/jobs', { kind: 'backup', subject: 'big' });
-  // Kill it with SIGKILL once a good part is stored (progress is live from the API).
   for (;;) {
     const r = await app.local.call<{ job: { state: string; progress: { bytesAdded?: number } | null } }>('GET', `/v1/jobs/${job.id}`);
     if (r.job.state !== 'queued' && r.job.state !== 'running') t.fail(`the job ended (${r.job.state}) before it could be interrupted`);
-    if ((r.job.progress?.bytesAdded ?? 0) > 100 << 20) break;
+    if ((r.job.progress?.bytesAdded ?? 0) > stored) return { app, src, total, job };
     await new Promise((res) => setTimeout(res, 50));
   }
+}
+
+t.test('a backup interrupted by killing the engine resumes after the restart and completes, storing nothing twice', async (t) => {
+  const { app, src, total, job } = await backupUnderway(t, 24, 100 << 20);
   await app.killEngine();
   const packsAtKill = fs.readdirSync(path.join(app.dataDir, 'repository', 'data')).flatMap((d) => fs.readdirSync(path.join(app.dataDir, 'repository', 'data', d)));
   t.ok(packsAtKill.length > 0, `${packsAtKill.length} packs were on disk when the engine died`);
@@ -138,24 +146,7 @@ t.test('a backup interrupted by killing the engine resumes after the restart and
 });
 
 t.test('a job worker killed mid-backup: the job fails with HF_WORKER_FAILED, the engine keeps serving, the next backup adopts what was stored', async (t) => {
-  const dir = tmpDir(t);
-  const src = path.join(dir, 'src');
-  fs.mkdirSync(src);
-  let total = 0;
-  for (let i = 0; i < 16; i++) {
-    const b = pseudoRandom(`worker ${i}`, 12 << 20);
-    fs.writeFileSync(path.join(src, `f${String(i).padStart(2, '0')}.bin`), b);
-    total += b.length;
-  }
-  const app = await startAppliance(t, { dataDir: path.join(dir, 'data') });
-  await app.local.call('POST', '/v1/sources', { name: 'big', kind: 'local', paths: [src] });
-  const { job } = await app.local.call<{ job: { id: number } }>('POST', '/v1/jobs', { kind: 'backup', subject: 'big' });
-  for (;;) {
-    const r = await app.local.call<{ job: { state: string; progress: { bytesAdded?: number } | null } }>('GET', `/v1/jobs/${job.id}`);
-    if (r.job.state !== 'queued' && r.job.state !== 'running') t.fail(`the job ended (${r.job.state}) before its worker could be killed`);
-    if ((r.job.progress?.bytesAdded ?? 0) > 60 << 20) break;
-    await new Promise((res) => setTimeout(res, 50));
-  }
+  const { app, total, job } = await backupUnderway(t, 16, 60 << 20);
   const workers = fs.readdirSync(path.join(app.dataDir, 'workers'));
   t.equal(workers.length, 1, 'one worker runs the backup, its pid recorded');
   const pid = Number(workers[0]);
