@@ -47,12 +47,16 @@ export class Catalog {
     this.file = db.file;
   }
 
-  /** Opens (creating if needed) the catalog of a repository in a cache directory. */
-  static async open(cacheDir: string, repoId: string): Promise<Catalog> {
+  /**
+   * Opens (creating if needed) the catalog of a repository in a cache
+   * directory. `busyTimeoutMs`: how long to wait for another process's sync
+   * (default 5 s; the engine's job workers wait longer, off its event loop).
+   */
+  static async open(cacheDir: string, repoId: string, options: { busyTimeoutMs?: number } = {}): Promise<Catalog> {
     const dir = path.join(cacheDir, repoId);
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const file = path.join(dir, 'catalog.sqlite');
-    const db = await SqliteDb.open(file).catch((cause: unknown) => {
+    const db = await SqliteDb.open(file, options).catch((cause: unknown) => {
       throw new HoldfastError('HF_IO', `cannot open the catalog ${file}: ${(cause as Error).message}`, { cause });
     });
     const c = new Catalog(db);
@@ -89,14 +93,20 @@ export class Catalog {
    */
   async sync(repo: Repository): Promise<{ added: number; removed: number; damaged: { id: SnapshotId; error: string }[] }> {
     const { snapshots } = await listSnapshots(repo);
-    const known = new Set((await this.#db.all<{ id: string }>('SELECT id FROM snapshots')).map((r) => r.id));
-    const present = new Set<string>(snapshots.map((s) => s.id));
-    const gone = [...known].filter((id) => !present.has(id));
-    const fresh = snapshots.filter((s) => !known.has(s.id));
     const damaged: { id: SnapshotId; error: string }[] = [];
-    if (gone.length === 0 && fresh.length === 0) return { added: 0, removed: 0, damaged };
-    await this.#db.exec('BEGIN');
+    const present = new Set<string>(snapshots.map((s) => s.id));
+    const missing = async () => {
+      const known = new Set((await this.#db.all<{ id: string }>('SELECT id FROM snapshots')).map((r) => r.id));
+      return { gone: [...known].filter((id) => !present.has(id)), fresh: snapshots.filter((s) => !known.has(s.id)) };
+    };
+    if (Object.values(await missing()).every((l) => l.length === 0)) return { added: 0, removed: 0, damaged };
+    // Another process may be syncing too (the engine's job workers): take
+    // the write lock first, then look again at what is missing.
+    await this.#db.exec('BEGIN IMMEDIATE');
+    let gone: string[] = [];
+    let fresh: typeof snapshots = [];
     try {
+      ({ gone, fresh } = await missing());
       for (const id of gone) await this.#db.run('DELETE FROM snapshots WHERE id = ?', [id]);
       const treeIds = new Map<string, number>();
       for (const s of fresh) {

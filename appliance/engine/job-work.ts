@@ -67,7 +67,7 @@ export function work(spec: WorkSpec, ctx: WorkContext): Promise<Record<string, u
 async function syncCatalog(repo: Repository, cacheDir: string): Promise<{ catalog: { added: number; removed: number } | { error: string } }> {
   let catalog: Catalog | null = null;
   try {
-    catalog = await Catalog.open(cacheDir, repo.id);
+    catalog = await Catalog.open(cacheDir, repo.id, { busyTimeoutMs: 10 * 60_000 }); // behind another worker's sync
     return { catalog: await catalog.sync(repo) };
   } catch (err) {
     return { catalog: { error: err instanceof Error ? err.message : String(err) } };

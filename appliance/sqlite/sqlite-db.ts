@@ -66,11 +66,11 @@ export class SqliteDb {
     this.file = file;
   }
 
-  /** Opens (creating) a database file in WAL mode with a 5 s busy timeout. */
-  static async open(file: string): Promise<SqliteDb> {
+  /** Opens (creating) a database file in WAL mode; a lock held elsewhere is waited for up to busyTimeoutMs (default 5 s). */
+  static async open(file: string, options: { busyTimeoutMs?: number } = {}): Promise<SqliteDb> {
     let db: DatabaseSync;
     try {
-      db = new DatabaseSync(file, { timeout: 5000 });
+      db = new DatabaseSync(file, { timeout: options.busyTimeoutMs ?? 5000 });
     } catch (err) {
       throw sqliteError(err);
     }
