@@ -7,10 +7,11 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 
 import { backup } from '../appliance/backup/index.ts';
-import { check } from '../appliance/maintenance/index.ts';
+import { check, forget, prune } from '../appliance/maintenance/index.ts';
 import { type BlobId, BlobReader, BlobType, Lock, Repository, blobIdOf, formatRecoveryKey, parseRecoveryKey } from '../appliance/repository/index.ts';
+import { locatePath } from '../appliance/snapshot/index.ts';
 import { LocalSource } from '../appliance/sources/index.ts';
-import { LocalStorage } from '../appliance/storage/index.ts';
+import { LocalStorage, filePath } from '../appliance/storage/index.ts';
 import { duplicateBlobs } from './helpers/repo.ts';
 import { tmpDir } from './helpers/tmp.ts';
 import { isRoot, pseudoRandom } from './helpers/tree.ts';
@@ -168,6 +169,31 @@ t.test('a reader catches up with what another process wrote (refreshIndex, follo
   t.same(after.sort(), fs.readdirSync(path.join(location, 'index')).sort(), 'the index lists exactly the files now there');
   t.notOk(after.some((f) => before.includes(f)), 'none of the removed ones');
   t.ok(ids.every((id) => repo.index.has(id)), 'and still every blob');
+});
+
+t.test('a reader following writers reads a blob a prune in another process moved to a new pack', async (t) => {
+  const dir = tmpDir(t);
+  const src = path.join(dir, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'kept.bin'), pseudoRandom('kept', 200_000));
+  fs.writeFileSync(path.join(src, 'dropped.bin'), pseudoRandom('dropped', 800_000));
+  const { repo, location } = await init(t, dir);
+  const first = await backup(repo, new LocalSource(), { paths: [src] });
+  fs.rmSync(path.join(src, 'dropped.bin'));
+  await backup(repo, new LocalSource(), { paths: [src] });
+  const reader = await open(t, location, { password: 'correct horse' });
+  reader.followWriters = true;
+  await reader.loadIndex();
+  const kept = (await locatePath(reader, first.snapshot.tree, path.join(src, 'kept.bin'))).node!.content![0]!;
+  const before = reader.index.get(kept)!.pack;
+  // another process forgets the first snapshot and prunes: the pack is repacked, the old one deleted
+  const other = await open(t, location, { password: 'correct horse' });
+  await forget(other, { snapshots: [first.id] });
+  const pruned = await prune(other, { repackThreshold: 0.1 });
+  t.ok(pruned.packsRepacked > 0, `${pruned.packsRepacked} pack(s) repacked`);
+  t.notOk(fs.existsSync(filePath(location, 'pack', before)), 'the pack the reader knows is gone');
+  t.same((await reader.loadBlob(kept)).subarray(0, 16), pseudoRandom('kept', 16), 'the reader finds the blob in its new pack');
+  t.not(reader.index.get(kept)!.pack, before, 'and knows where it is now');
 });
 
 t.test('BlobReader: batches spanning more pack windows than it keeps read back exactly', async (t) => {

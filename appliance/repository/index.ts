@@ -2,7 +2,7 @@ export { type BlobId, BlobType, type IndexId, type PackId, type SnapshotId, blob
 export { type RepoConfig, DEFAULT_CHUNKER, DEFAULT_COMPRESSION, DEFAULT_PACK_SIZE } from './config.ts';
 export { Magic } from './envelope.ts';
 export { type Credentials, SCRYPT } from './keys.ts';
-export { Lock, type LockInfo, type LockMode, isStale, removeLocks } from './lock.ts';
+export { Lock, type LockInfo, type LockMode, isStale, processStart, removeLocks } from './lock.ts';
 export { type BlobLocation, MasterIndex } from './master-index.ts';
 export { type PackEntry, blobAad } from './pack-entry.ts';
 export { readPackHeader } from './pack-reader.ts';

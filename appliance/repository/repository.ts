@@ -53,6 +53,7 @@ export class Repository {
   readonly #gear: Buffer;
   #indexLoading: Promise<void> | null = null;
   #refreshing: Promise<void> | null = null;
+  #refreshChain: Promise<void> = Promise.resolve();
   /**
    * Other processes write to this repository while it is open (the engine's
    * job workers): a blob the index does not know makes it read the index
@@ -188,7 +189,14 @@ export class Repository {
    * away (a prune replaced it) or one was damaged, the whole index is read
    * again. Readers keep the old index until the new one is complete.
    */
-  async refreshIndex(): Promise<void> {
+  refreshIndex(): Promise<void> {
+    // one at a time, each after the last: the newest listing is installed last
+    const run = this.#refreshChain.catch(() => undefined).then(() => this.#refreshOnce());
+    this.#refreshChain = run;
+    return run;
+  }
+
+  async #refreshOnce(): Promise<void> {
     if (!this.#indexLoading) return this.loadIndex();
     await this.#indexLoading;
     const present = new Set((await this.storage.list('index')).map((f) => f.name));
@@ -204,6 +212,12 @@ export class Repository {
     const more = await this.#buildIndex(this.#index, added);
     // A new index file that cannot be read: read everything again, as at open.
     if (more.damaged.length > 0) this.#useIndex(await this.#buildIndex(new MasterIndex(), []));
+  }
+
+  /** One refresh for all the readers that missed meanwhile. */
+  async #catchUp(): Promise<void> {
+    this.#refreshing ??= this.refreshIndex().finally(() => { this.#refreshing = null; });
+    await this.#refreshing;
   }
 
   #useIndex(b: { index: MasterIndex; damaged: { name: IndexId; error: Error }[]; fromHeaders: Set<PackId> }): void {
@@ -222,6 +236,8 @@ export class Repository {
         const packs = decodeIndex(await this.loadFile('index', f.name), `index ${shortId(f.name)}`);
         index.add(packs, f.name as IndexId);
       } catch (err) {
+        // listed, then removed (a prune in another process replaced it): its packs are in the new one
+        if (hasCode(err, 'HF_STORAGE_NOT_FOUND')) return;
         if (!hasCode(err, 'HF_REPO_CORRUPT')) throw err;
         damaged.push({ name: f.name as IndexId, error: err as Error });
       }
@@ -271,13 +287,18 @@ export class Repository {
   }
 
   async loadBlobChecked(id: BlobId): Promise<{ plain: Buffer; allZero: boolean; location: BlobLocation }> {
-    if (this.followWriters && !this.#index.has(id)) {
-      // one refresh for all the blobs missed meanwhile
-      this.#refreshing ??= this.refreshIndex().finally(() => { this.#refreshing = null; });
-      await this.#refreshing;
+    if (this.followWriters && !this.#index.has(id)) await this.#catchUp();
+    let loc = this.locate(id);
+    let sealed: Buffer;
+    try {
+      sealed = await this.storage.load('pack', loc.pack, loc.offset, loc.length);
+    } catch (err) {
+      // a prune in another process moved the blob to a new pack and deleted the old one
+      if (!this.followWriters || !hasCode(err, 'HF_STORAGE_NOT_FOUND')) throw err;
+      await this.#catchUp();
+      loc = this.locate(id);
+      sealed = await this.storage.load('pack', loc.pack, loc.offset, loc.length);
     }
-    const loc = this.locate(id);
-    const sealed = await this.storage.load('pack', loc.pack, loc.offset, loc.length);
     try {
       const r = await this.sealer.openSized(blobAad(loc.type, id), sealed, loc.rawLength, idBytes(id));
       return { ...r, location: loc };
