@@ -5,7 +5,7 @@ import path from 'node:path';
 import { HoldfastError, errorCode } from '../errors/index.ts';
 import { SqliteDb } from '../sqlite/index.ts';
 import { type BlobId, type Repository, type SnapshotId, shortId } from '../repository/index.ts';
-import { type NodeType, type TreeNode, displayName, listSnapshots, loadTree, splitPath } from '../snapshot/index.ts';
+import { type NodeType, type SnapshotEntry, type TreeNode, displayName, listSnapshots, loadTree, splitPath } from '../snapshot/index.ts';
 
 /** Bumped when the schema changes; an older catalog is rebuilt. */
 const SCHEMA_VERSION = '1';
@@ -91,25 +91,29 @@ export class Catalog {
    * in `damaged`, and the others are catalogued all the same; the next sync
    * tries it again.
    */
-  async sync(repo: Repository): Promise<{ added: number; removed: number; damaged: { id: SnapshotId; error: string }[] }> {
-    const { snapshots } = await listSnapshots(repo);
+  async sync(repo: Repository, options: { signal?: AbortSignal; waitMs?: number } = {}): Promise<{ added: number; removed: number; damaged: { id: SnapshotId; error: string }[] }> {
     const damaged: { id: SnapshotId; error: string }[] = [];
-    const present = new Set<string>(snapshots.map((s) => s.id));
     const missing = async () => {
+      const { snapshots, damaged: unreadable } = await listSnapshots(repo);
+      // a snapshot file that could not be read this time is not gone
+      const present = new Set<string>([...snapshots.map((s) => s.id), ...unreadable.map((d) => d.id)]);
       const known = new Set((await this.#db.all<{ id: string }>('SELECT id FROM snapshots')).map((r) => r.id));
       return { gone: [...known].filter((id) => !present.has(id)), fresh: snapshots.filter((s) => !known.has(s.id)) };
     };
-    if (Object.values(await missing()).every((l) => l.length === 0)) return { added: 0, removed: 0, damaged };
+    const first = await missing();
+    if (first.gone.length === 0 && first.fresh.length === 0) return { added: 0, removed: 0, damaged };
     // Another process may be syncing too (the engine's job workers): take
-    // the write lock first, then look again at what is missing.
-    await this.#db.exec('BEGIN IMMEDIATE');
+    // the write lock first (waiting for it without blocking the thread),
+    // then look again at what the repository holds and the catalog lacks.
+    await this.#beginImmediate(options);
     let gone: string[] = [];
-    let fresh: typeof snapshots = [];
+    let fresh: SnapshotEntry[] = [];
     try {
       ({ gone, fresh } = await missing());
       for (const id of gone) await this.#db.run('DELETE FROM snapshots WHERE id = ?', [id]);
       const treeIds = new Map<string, number>();
       for (const s of fresh) {
+        if (options.signal?.aborted) throw options.signal.reason;
         const added: string[] = [];
         await this.#db.exec('SAVEPOINT snapshot');
         try {
@@ -140,6 +144,21 @@ export class Catalog {
       throw err;
     }
     return { added: fresh.length - damaged.length, removed: gone.length, damaged };
+  }
+
+  /** BEGIN IMMEDIATE, retried while another connection holds the write lock (up to waitMs, default 5 s), between awaits. */
+  async #beginImmediate(options: { signal?: AbortSignal; waitMs?: number }): Promise<void> {
+    const until = Date.now() + (options.waitMs ?? 5000);
+    for (;;) {
+      try {
+        await this.#db.exec('BEGIN IMMEDIATE');
+        return;
+      } catch (err) {
+        if (errorCode(err) !== 'SQLITE_BUSY' || Date.now() > until) throw err;
+        if (options.signal?.aborted) throw options.signal.reason;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
   }
 
   /** Catalogues a tree and everything below it that is not yet known; returns its row id. */

@@ -28,9 +28,12 @@ try {
   // an unwritable cache only costs start-up time and memory
 }
 if (process.argv[2] === '_job-worker') {
-  // A job worker of holdfast-engine (appliance/engine/job-worker.ts): not a command.
+  // A job worker of holdfast-engine (appliance/engine/job-worker.ts): not a
+  // command. Signals to the process group are the engine's to act on (it
+  // cancels the job), from the first moment, before anything loads.
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(s, () => undefined);
   const { workerMain } = await import('../engine/job-worker.ts');
-  process.exitCode = await workerMain();
+  process.exit(await workerMain());
 } else {
   const { main } = await import('./main.ts');
   process.exitCode = await main(process.argv.slice(2));

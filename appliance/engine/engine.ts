@@ -147,6 +147,9 @@ export class Engine implements EngineServices {
     const state = await StateStore.open(files.state, key);
     const repo = await openRepository(state, files.repository, options.repo, log);
     repo.followWriters = true; // the job workers write to it
+    // Workers a killed engine left may still hold the catalog or the repository's lock.
+    const reaped = await reapWorkers(files.workers);
+    if (reaped.length > 0) log.warn({ pids: reaped }, 'stopped job workers a previous engine left running');
     await fsp.mkdir(files.cache, { recursive: true, mode: 0o700 });
     const catalog = await Catalog.open(files.cache, repo.id);
     const [localToken, metricsToken] = await Promise.all([tokenFile(files.localToken), tokenFile(files.metricsToken)]);
@@ -155,8 +158,6 @@ export class Engine implements EngineServices {
 
   /** Resumes interrupted jobs, starts the scheduler, serves the API; then tells systemd it is ready. */
   async start(): Promise<void> {
-    const reaped = await reapWorkers(this.workersDir);
-    if (reaped.length > 0) this.log.warn({ pids: reaped }, 'stopped job workers a previous engine left running');
     await this.runner.start();
     if (this.#schedule) this.scheduler.start();
     this.#api = await startApi(this, this.socketPath);
@@ -179,8 +180,9 @@ export class Engine implements EngineServices {
   async stop(): Promise<void> {
     this.notifier.stopping();
     await this.scheduler.stop();
-    await this.#api?.close();
+    // jobs first: a job that ends while the engine stops is left to resume, never failed
     await this.runner.stop();
+    await this.#api?.close();
     this.#stopping.abort(new HoldfastError('HF_INTERRUPTED', 'the engine is stopping'));
     await this.#catalogSync?.catch(() => undefined);
     await this.#afterWrite.catch(() => undefined);
@@ -199,7 +201,16 @@ export class Engine implements EngineServices {
     return (await this.state.protectedSnapshots()) as SnapshotId[];
   }
 
-  /** Storage history and metrics after a job wrote (its worker catalogued what it wrote); a prune also replaced index files. */
+  /** Snapshots a job worker could not catalogue (their trees are unreadable): browsing them does not start a sync each time. */
+  uncatalogued(ids: readonly SnapshotId[]): void {
+    for (const id of ids) this.#uncatalogued.add(id);
+  }
+
+  /**
+   * Storage history and metrics after a job wrote (its worker catalogued
+   * what it wrote); a prune also replaced index files. Never rejects: what
+   * fails here is logged, and the job's own outcome stands.
+   */
   afterWrite(by: 'backup' | 'prune' | 'start'): Promise<void> {
     const next = this.#afterWrite.catch(() => undefined).then(async () => {
       // A backup's new blobs are found on demand (followWriters); a prune's
@@ -214,6 +225,8 @@ export class Engine implements EngineServices {
       await this.state.recordStorage(this.clock.now(), repoBytes, logical, snapshots.length);
       this.metrics.repository(repoBytes, snapshots.length);
       await this.metrics.refreshLag(this).catch(() => undefined);
+    }).catch((err: unknown) => {
+      this.log.warn({ err, after: by }, 'updating the storage history and metrics failed');
     });
     this.#afterWrite = next;
     return next;

@@ -54,7 +54,7 @@ export function work(spec: WorkSpec, ctx: WorkContext): Promise<Record<string, u
     case 'prune': return pruneWork(spec, ctx);
     case 'verify': return verifyWork(spec, ctx);
     case 'restore': return restoreWork(spec, ctx);
-    case 'catalog': return syncCatalog(ctx.repo, spec.cacheDir);
+    case 'catalog': return syncCatalog(ctx.repo, spec.cacheDir, ctx.signal, true);
   }
 }
 
@@ -63,16 +63,22 @@ export function work(spec: WorkSpec, ctx: WorkContext): Promise<Record<string, u
  * Workers write the catalog, the engine only reads it, so that indexing a
  * large snapshot never holds up the API. A failure is reported in the
  * result, not thrown: the snapshot is stored, and the next sync catches up.
+ * `lock`: take a shared repository lock for it (the engine's own catalog
+ * worker, which is not a job: so that no prune deletes packs under it).
  */
-async function syncCatalog(repo: Repository, cacheDir: string): Promise<{ catalog: { added: number; removed: number } | { error: string } }> {
+async function syncCatalog(repo: Repository, cacheDir: string, signal: AbortSignal, lock = false): Promise<{ catalog: { added: number; removed: number; damaged: { id: SnapshotId; error: string }[] } | { error: string } }> {
   let catalog: Catalog | null = null;
+  const held = lock ? await repo.lock('shared', 'holdfast engine: catalog').catch((err: unknown) => err as Error) : null;
+  if (held instanceof Error) return { catalog: { error: held.message } };
   try {
-    catalog = await Catalog.open(cacheDir, repo.id, { busyTimeoutMs: 10 * 60_000 }); // behind another worker's sync
-    return { catalog: await catalog.sync(repo) };
+    catalog = await Catalog.open(cacheDir, repo.id);
+    // another worker's sync is waited for (between awaits: a cancel still arrives)
+    return { catalog: await catalog.sync(repo, { signal, waitMs: 10 * 60_000 }) };
   } catch (err) {
     return { catalog: { error: err instanceof Error ? err.message : String(err) } };
   } finally {
     await catalog?.close().catch(() => undefined);
+    await held?.release().catch(() => undefined);
   }
 }
 
@@ -115,12 +121,12 @@ async function backupWork(spec: Extract<WorkSpec, { kind: 'backup' }>, ctx: Work
     });
     tick.stop();
     ctx.progress({ phase: 'cataloguing', source: src.name, percent: 100 });
-    const { catalog } = await syncCatalog(ctx.repo, spec.cacheDir);
+    const { catalog } = await syncCatalog(ctx.repo, spec.cacheDir, ctx.signal);
     const st = r.snapshot.stats;
     return {
       snapshot: r.id, files: st.files, bytes: st.bytes, bytesRead: st.bytesRead, bytesAdded: st.bytesAdded,
       seconds: st.seconds, warnings: r.warnings.length, warningList: r.warnings.slice(0, 50), adoptedPacks: r.adopted.packs,
-      ...('error' in catalog ? { catalogError: catalog.error } : {}),
+      ...('error' in catalog ? { catalogError: catalog.error } : { catalogDamaged: catalog.damaged.map((d) => d.id) }),
     };
   } finally {
     tick.stop();
@@ -162,7 +168,7 @@ async function pruneWork(spec: Extract<WorkSpec, { kind: 'prune' }>, ctx: WorkCo
   if (ctx.signal.aborted) throw ctx.signal.reason;
   const p = await prune(ctx.repo, { onProgress: (x) => ctx.progress({ phase: x.phase, done: x.done, total: x.total }) });
   ctx.progress({ phase: 'cataloguing' });
-  const { catalog } = await syncCatalog(ctx.repo, spec.cacheDir);
+  const { catalog } = await syncCatalog(ctx.repo, spec.cacheDir, ctx.signal);
   return { ...('error' in catalog ? { catalogError: catalog.error } : {}), forgotten: f.removed.length, kept: f.decisions.filter((d) => d.keep).length, packsDeleted: p.packsDeleted, packsRepacked: p.packsRepacked, bytesBefore: p.bytesBefore, bytesAfter: p.bytesAfter };
 }
 

@@ -22,12 +22,16 @@ import type { Logger } from 'pino';
 
 import { V8_FLAGS } from '../cli/runtime.mjs';
 import { type ErrorCode, HoldfastError, errorCode } from '../errors/index.ts';
-import { Repository } from '../repository/index.ts';
+import { Repository, processStart } from '../repository/index.ts';
 import { LocalStorage } from '../storage/index.ts';
 import { type WorkSpec, work } from './job-work.ts';
 
 /** The worker's CPU priority: below the engine and the console (0). */
 export const WORKER_NICE = 10;
+/** A cancelled worker that has not ended after this long is killed (SIGKILL); its job is left as a kill leaves it. */
+const CANCEL_GRACE_MS = 60_000;
+/** A worker that said how its job ended and has not exited after this long is killed. */
+const EXIT_GRACE_MS = 10_000;
 
 const ENTRY = fileURLToPath(new URL('../cli/holdfast.mjs', import.meta.url));
 export const WORKER_ARG = '_job-worker';
@@ -72,16 +76,25 @@ export function runInWorker(repo: { dir: string; password: string }, spec: WorkS
     const send = (m: ToWorker) => {
       if (child.connected) child.send(m, (err) => { if (err) ctx.log.warn({ err }, 'cannot reach the job worker'); });
     };
+    let killTimer: NodeJS.Timeout | null = null;
+    const killAfter = (ms: number) => {
+      killTimer ??= setTimeout(() => {
+        ctx.log.warn({ pid: child.pid, job: ctx.job }, 'the job worker did not end in time: killing it');
+        child.kill('SIGKILL');
+      }, ms);
+    };
     const onAbort = () => {
       const reason = ctx.signal.reason as unknown;
       send({ type: 'cancel', message: reason instanceof Error ? reason.message : 'cancelled' });
+      killAfter(CANCEL_GRACE_MS);
     };
     const pidFile = child.pid !== undefined ? path.join(workersDir, String(child.pid)) : null;
     child.once('spawn', () => {
       if (pidFile) {
         try {
           fs.mkdirSync(workersDir, { recursive: true, mode: 0o700 });
-          fs.writeFileSync(pidFile, `${ctx.job ?? spec.kind}\n`);
+          // what it is, and its /proc start time: a reused pid is never taken for it
+          fs.writeFileSync(pidFile, `${JSON.stringify({ job: ctx.job, kind: spec.kind, start: child.pid !== undefined ? processStart(child.pid) : null })}\n`);
         } catch (err) {
           ctx.log.warn({ err }, 'cannot record the job worker\'s pid');
         }
@@ -97,13 +110,21 @@ export function runInWorker(repo: { dir: string; password: string }, spec: WorkS
     });
     child.on('message', (m: FromWorker) => {
       if (m.type === 'progress') ctx.progress(m.progress);
-      else outcome = m;
+      else {
+        outcome = m;
+        killAfter(EXIT_GRACE_MS);
+      }
     });
     child.once('error', (err) => { spawnError = err; });
     // 'close', not 'exit': it comes after the IPC channel closed, so after the last message
     child.once('close', (code, signal) => {
       ctx.signal.removeEventListener('abort', onAbort);
-      if (pidFile) fs.rmSync(pidFile, { force: true });
+      if (killTimer) clearTimeout(killTimer);
+      try {
+        if (pidFile) fs.rmSync(pidFile, { force: true });
+      } catch (err) {
+        ctx.log.warn({ err }, 'cannot remove the job worker\'s pid file');
+      }
       const o = outcome as FromWorker | null;
       if (o?.type === 'done') return resolve(o.result);
       if (o?.type === 'failed') {
@@ -132,8 +153,16 @@ export async function reapWorkers(workersDir: string): Promise<number[]> {
   const stopped: number[] = [];
   for (const name of names) {
     const pid = Number(name);
+    let recorded: string | null = null;
+    try {
+      recorded = (JSON.parse(await fsp.readFile(path.join(workersDir, name), 'utf8')) as { start?: string | null }).start ?? null;
+    } catch {
+      // unreadable: only the command line is checked
+    }
     const isWorker = () => {
       try {
+        // the same process (its start time), and a job worker (its command line)
+        if (recorded !== null && processStart(pid) !== recorded) return false;
         return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(WORKER_ARG);
       } catch {
         return false; // gone (or not Linux: then nothing is killed on a guess)
@@ -175,7 +204,12 @@ export async function workerMain(): Promise<number> {
   });
   const tell = (m: FromWorker) => new Promise<void>((resolve) => {
     if (!process.connected) return resolve();
-    process.send!(m, undefined, {}, () => resolve());
+    try {
+      process.send!(m, undefined, {}, () => resolve());
+    } catch (err) {
+      // not cloneable (never expected): say so rather than nothing
+      process.send!({ type: 'failed', error: { code: 'HF_WORKER_FAILED', message: `the job's outcome could not be sent: ${(err as Error).message}` } }, undefined, {}, () => resolve());
+    }
   });
   let repo: Repository | null = null;
   try {

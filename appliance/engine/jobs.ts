@@ -1,6 +1,7 @@
 import os from 'node:os';
 
 import { HoldfastError } from '../errors/index.ts';
+import type { SnapshotId } from '../repository/index.ts';
 import type { JobContext, JobType } from './job-runner.ts';
 import { type WorkerContext, runInWorker } from './job-worker.ts';
 import type { EngineServices } from './services.ts';
@@ -41,6 +42,7 @@ async function backupJob(svc: EngineServices, ctx: JobContext): Promise<Record<s
   const r = await runInWorker(await svc.repoCredentials(),
     { kind: 'backup', source: src, secret, host: sourceHost(src), time: svc.clock.now(), cacheDir: svc.cacheDir }, worker(ctx), svc.workersDir);
   await svc.afterWrite('backup');
+  if (Array.isArray(r.catalogDamaged)) svc.uncatalogued(r.catalogDamaged as SnapshotId[]);
   svc.metrics.backupDone(src.name, Number(r.bytesRead), Number(r.bytesAdded), Number(r.warnings));
   return r;
 }

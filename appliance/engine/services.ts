@@ -35,4 +35,6 @@ export interface EngineServices {
   protectedIds(): Promise<SnapshotId[]>;
   /** After a job wrote to the repository (its worker catalogued it): storage history and metrics updated; after a prune, the index read again. */
   afterWrite(by: 'backup' | 'prune' | 'start'): Promise<void>;
+  /** Snapshots a job worker could not catalogue. */
+  uncatalogued(ids: readonly SnapshotId[]): void;
 }

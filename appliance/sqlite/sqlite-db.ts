@@ -13,7 +13,7 @@ const RESULT_CODES: Record<number, string> = {
   18: 'SQLITE_TOOBIG', 19: 'SQLITE_CONSTRAINT', 20: 'SQLITE_MISMATCH', 21: 'SQLITE_MISUSE', 26: 'SQLITE_NOTADB',
 };
 
-/** Prepared statements kept per database (SQL built per call beyond this many is prepared each time). */
+/** Prepared statements kept per database (least recently used first out). */
 const MAX_STATEMENTS = 256;
 
 /** The driver's error with SQLite's result code name as `code` (SQLITE_CONSTRAINT, SQLITE_BUSY, …). */
@@ -79,12 +79,16 @@ export class SqliteDb {
     return s;
   }
 
+  /** The prepared statement for sql; the least recently used one goes when MAX_STATEMENTS are kept. */
   #statement(sql: string): StatementSync {
     let st = this.#statements.get(sql);
-    if (!st) {
+    if (st) {
+      this.#statements.delete(sql); // most recently used last
+    } else {
       st = this.#db.prepare(sql);
-      if (this.#statements.size < MAX_STATEMENTS) this.#statements.set(sql, st);
+      if (this.#statements.size >= MAX_STATEMENTS) this.#statements.delete(this.#statements.keys().next().value!);
     }
+    this.#statements.set(sql, st);
     return st;
   }
 
