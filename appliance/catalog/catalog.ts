@@ -223,7 +223,7 @@ export class Catalog {
     const snap = await this.#db.get<{ root: number }>('SELECT root FROM snapshots WHERE id = ?', [snapshot]);
     if (!snap) {
       throw new HoldfastError('HF_SNAPSHOT_NOT_FOUND',
-        `snapshot ${shortId(snapshot)} is not in the catalog: its trees could not be read (run \`holdfast check\`), or it is still being catalogued`);
+        `snapshot ${shortId(snapshot)} is not in the catalog: its trees could not be read (run a verify, or \`holdfast check\`), or it is still being catalogued (try again in a minute)`);
     }
     let tree = snap.root;
     const parts = splitPath(dirPath).map((b) => b.toString('utf8'));

@@ -358,7 +358,7 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
     return {
       snapshots: snapshots.map((s) => ({
         id: s.id, short: shortId(s.id), time: s.snapshot.time, host: s.snapshot.host, paths: s.snapshot.paths, tags: s.snapshot.tags,
-        source: s.snapshot.tags.find((t) => t.startsWith('source:'))?.slice(7) ?? null, stats: s.snapshot.stats, protected: protect.has(s.id),
+        source: s.snapshot.tags.find((t) => t.startsWith('source:'))?.slice(7) ?? null, origin: s.snapshot.source.kind, stats: s.snapshot.stats, protected: protect.has(s.id),
       })),
       damaged: damaged.map((d) => ({ id: d.id, error: d.error.message })),
     };

@@ -503,15 +503,20 @@ async function snapshotsPage(page) {
       h('thead', {}, h('tr', {}, h('th', {}, 'Snapshot'), h('th', {}, 'Time'), h('th', {}, 'Source'), h('th', { class: 'num hide-small' }, 'Files'), h('th', { class: 'num' }, 'Size'), h('th', { class: 'num hide-small' }, 'Added'), h('th', {}, ''))), tbody))));
 }
 
-function restoreDialog(snapshot, paths, label) {
+function restoreDialog(snap, paths, label) {
+  const snapshot = snap.id;
   const target = h('input', { name: 'target', placeholder: '(default: a new folder in the appliance\'s restore area)', id: 'restore-target' });
   const original = h('input', { type: 'checkbox', id: 'restore-original' });
+  // Only a local source's files can go back in place: a server's paths are on that server.
+  const inPlace = snap.origin === 'local'
+    ? h('label', { class: 'inline' }, original, 'back to where it came from (overwrites files there)')
+    : h('p', { class: 'muted' }, `These files came from a server (${snap.origin}): they are restored on the appliance, to copy back from there.`);
   const status = h('div', {});
   const go2 = h('button', { type: 'submit', id: 'restore-start' }, 'Restore');
   const dlg = h('dialog', {}, h('form', { method: 'dialog' },
     h('h2', {}, `Restore ${label}`),
     h('label', {}, 'Restore into (a path on the appliance)', target),
-    h('label', { class: 'inline' }, original, 'back to where it came from (overwrites files there)'),
+    inPlace,
     h('div', { class: 'row' }, go2, h('button', { type: 'button', class: 'secondary', onclick: () => dlg.close() }, 'Close')), status));
   dlg.querySelector('form').addEventListener('submit', act(go2, async () => {
     const r = await api('POST', '/restores', { snapshot, paths, target: original.checked ? 'original' : target.value.trim() || null });
@@ -558,7 +563,7 @@ async function browsePage(page, id) {
         if (can('restore')) actions.append(h('a', { class: 'button secondary', href: `/api/v1/snapshots/${id}/file?path=${encodeURIComponent(e.path)}`, dataset: { download: e.path } }, 'Download'));
         actions.append(h('button', { class: 'secondary', onclick: act(null, () => versionsDialog(e.path)) }, 'Versions'));
       }
-      if (can('restore') && (e.type === 'dir' || e.type === 'file')) actions.append(h('button', { class: 'secondary', dataset: { restore: e.path }, onclick: () => restoreDialog(snap.id, [e.path], e.name) }, 'Restore…'));
+      if (can('restore') && (e.type === 'dir' || e.type === 'file')) actions.append(h('button', { class: 'secondary', dataset: { restore: e.path }, onclick: () => restoreDialog(snap, [e.path], e.name) }, 'Restore…'));
       tbody.append(h('tr', {},
         h('td', {}, e.type === 'dir' ? h('a', { href: `#/snapshots/${id}?path=${encodeURIComponent(e.path)}`, class: 'dir' }, `${e.name}/`) : h('span', { class: e.type }, e.type === 'symlink' ? `${e.name} →` : e.name)),
         h('td', { class: 'num' }, e.type === 'file' ? bytes(e.size) : ''), h('td', { class: 'hide-small' }, new Date(e.mtime[0] * 1000).toLocaleString()), actions));
@@ -587,7 +592,7 @@ async function browsePage(page, id) {
   }));
   put(page, h('h1', {}, `Snapshot ${snap.short}`), h('p', { class: 'muted' }, `${snap.source || snap.host} · ${new Date(snap.time).toLocaleString()} · ${snap.stats.files} files, ${bytes(snap.stats.bytes)}`),
     h('div', { class: 'card' }, h('div', { class: 'row spread' }, crumbs, h('div', { class: 'row' }, compareWith,
-      can('restore') && first.path !== '/' ? h('button', { class: 'secondary', onclick: () => restoreDialog(snap.id, [first.path], first.path) }, 'Restore this folder…') : null)),
+      can('restore') && first.path !== '/' ? h('button', { class: 'secondary', onclick: () => restoreDialog(snap, [first.path], first.path) }, 'Restore this folder…') : null)),
       h('div', { class: 'table-wrap' }, h('table', { id: 'entries' }, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', { class: 'num' }, 'Size'), h('th', { class: 'hide-small' }, 'Modified'), h('th', {}, ''))), tbody)), more),
     h('div', { class: 'card gap', id: 'diff-card', hidden: true }, diffBox));
 }
