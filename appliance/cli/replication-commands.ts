@@ -6,7 +6,7 @@ import { type Command, InvalidArgumentError } from 'commander';
 import { HoldfastError } from '../errors/index.ts';
 import { initCa, issueCertificate, readPem, revokeCertificate } from '../pki/index.ts';
 import {
-  RemoteStorage, type TargetConfig, TargetRegistry, type TargetRun, cloneRepository, endpointText, exportSeed, parseEndpoints,
+  RemoteStorage, type TargetConfig, TargetRegistry, type TargetRun, cloneRepository, endpointText, exportSeed, localFiles, parseEndpoints,
   parseRate, parseWindows, replicateTargets, targetClient, targetStatus, targetTls, TargetClient,
 } from '../replication/index.ts';
 import { Lock, Repository } from '../repository/index.ts';
@@ -256,8 +256,9 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
       const registry = new TargetRegistry(location);
       const targets = o.target ? [await registry.get(o.target)] : await registry.list();
       const statuses = [];
+      const files = await localFiles(storage);
       for (const t of targets) {
-        const s = await targetStatus(storage, registry, t);
+        const s = await targetStatus(storage, registry, t, { files });
         statuses.push(s);
         out().line(`${t.name}: ${s.reachable ? `reachable at ${s.reachable}` : 'UNREACHABLE'}; pending ${bytes(s.pendingBytes)} in ${s.pendingFiles} files` +
           `${s.live ? '' : ' (as of the last run)'}; ${s.snapshotsPending} snapshot(s) not offsite; lag ${duration(s.lagSeconds)}; last success ${ago(s.lastSuccess)}` +

@@ -8,7 +8,7 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { PROGRAM } from '../backup/index.ts';
 import { ErrorCodes, HoldfastError, errorCode } from '../errors/index.ts';
 import { type SnapshotId, shortId } from '../repository/index.ts';
-import { TARGET_NAME, type TargetConfig, parseEndpoints, parseRate, parseWindows, targetStatus } from '../replication/index.ts';
+import { TARGET_NAME, type TargetConfig, localFiles, parseEndpoints, parseRate, parseWindows, targetStatus } from '../replication/index.ts';
 import { type RetentionPolicy, applyPolicy, isEmptyPolicy, listSnapshots, resolveSnapshot } from '../snapshot/index.ts';
 import { type SourceSpec, openSource, parseSourceUrl } from '../sources/index.ts';
 import { type Actor, LOCAL_ACTOR, type Permission, allows, verifyPassword } from './accounts.ts';
@@ -463,8 +463,10 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
   // ---- replication targets ----
   route('GET', '/v1/targets', 'read', async () => {
     const out = [];
-    for (const t of await engine.targets.list()) {
-      const s = await targetStatus(engine.repo.storage, engine.targets, t, { probe: false });
+    const targets = await engine.targets.list();
+    const files = targets.length > 0 ? await localFiles(engine.repo.storage) : [];
+    for (const t of targets) {
+      const s = await targetStatus(engine.repo.storage, engine.targets, t, { probe: false, files });
       out.push({ name: t.name, endpoints: t.endpoints.map((e) => `${e.host}:${e.port}`), rate: t.rate, windows: t.windows, spread: t.spread, added: t.added, status: s });
     }
     return { targets: out };
@@ -590,8 +592,9 @@ async function dashboard(engine: Engine): Promise<Record<string, unknown>> {
     if (!schedules.some((x) => x.job === 'backup' && x.subject === s.name && x.enabled)) warnings.push({ severity: 'info', message: `${s.name} has no backup schedule`, action: 'add one under Schedules' });
   }
   const perTarget = [];
+  const files = targets.length > 0 ? await localFiles(engine.repo.storage) : [];
   for (const t of targets) {
-    const st = await targetStatus(engine.repo.storage, engine.targets, t, { probe: false });
+    const st = await targetStatus(engine.repo.storage, engine.targets, t, { probe: false, files });
     perTarget.push({ name: t.name, lagSeconds: st.lagSeconds, pendingBytes: st.pendingBytes, snapshotsPending: st.snapshotsPending, lastSuccess: st.lastSuccess, lastError: st.lastError });
     if (st.lastError && (!st.lastSuccess || Date.parse(st.lastError.at) > Date.parse(st.lastSuccess))) warnings.push({ severity: 'error', message: `replication to ${t.name} failed: ${st.lastError.message}`, action: 'check the target, then replicate again' });
     else if (st.lagSeconds > 86_400) warnings.push({ severity: 'warning', message: `${t.name} lags ${Math.round(st.lagSeconds / 3600)} hours behind`, action: 'check its bandwidth windows and schedule' });

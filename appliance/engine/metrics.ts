@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
-import { targetStatus } from '../replication/index.ts';
+import { localFiles, targetStatus } from '../replication/index.ts';
 import type { EngineEvents } from './events.ts';
 import type { EngineServices } from './services.ts';
 
@@ -57,8 +57,10 @@ export class EngineMetrics {
 
   /** Replication lag and pending bytes per target, from the last runs' records (no connection). */
   async refreshLag(svc: Pick<EngineServices, 'repo' | 'targets'>): Promise<void> {
-    for (const t of await svc.targets.list()) {
-      const s = await targetStatus(svc.repo.storage, svc.targets, t, { probe: false });
+    const targets = await svc.targets.list();
+    const files = targets.length > 0 ? await localFiles(svc.repo.storage) : [];
+    for (const t of targets) {
+      const s = await targetStatus(svc.repo.storage, svc.targets, t, { probe: false, files });
       this.#lag.set({ target: t.name }, s.lagSeconds);
       this.#pending.set({ target: t.name }, s.pendingBytes);
     }

@@ -4,7 +4,7 @@ import { errorCode } from '../errors/index.ts';
 import { readPem } from '../pki/index.ts';
 import type { Storage } from '../storage/index.ts';
 import { RateLimiter, TokenBucket, parseRate, parseWindows, rateAt } from './rate-limit.ts';
-import { type ReplicateOptions, type ReplicationResult, fileKey, have, localFiles, replicate } from './replicator.ts';
+import { type LocalFile, type ReplicateOptions, type ReplicationResult, fileKey, have, localFiles, replicate } from './replicator.ts';
 import { type ClientTls, StoreConnection, endpointText } from './store-connection.ts';
 import { TargetClient } from './target-client.ts';
 import type { TargetConfig, TargetRegistry } from './targets.ts';
@@ -104,9 +104,10 @@ export interface TargetStatus {
  * last run's record (for a dashboard that refreshes often).
  */
 export async function targetStatus(storage: Storage & { location: string }, registry: TargetRegistry, t: TargetConfig,
-  options: { probe?: boolean } = {}): Promise<TargetStatus> {
+  options: { probe?: boolean; files?: readonly LocalFile[] } = {}): Promise<TargetStatus> {
   const state = await registry.state(t.name);
-  const files = await localFiles(storage);
+  // the repository's files: listed once by a caller asking about several targets
+  const files = options.files ?? await localFiles(storage);
   const endpoints: TargetStatus['endpoints'] = [];
   let missing: Set<string> | null = null;
   let reachable: string | null = null;
