@@ -114,9 +114,10 @@ export class Engine implements EngineServices {
     options: EngineOptions; repo: Repository; state: StateStore; catalog: Catalog; localToken: string; metricsToken: string; log: Logger; clock: Clock;
   }) {
     this.dataDir = o.options.dataDir;
-    this.workersDir = dataFiles(this.dataDir).workers;
-    this.cacheDir = dataFiles(this.dataDir).cache;
-    this.socketPath = o.options.socketPath ?? dataFiles(this.dataDir).socket;
+    const files = dataFiles(this.dataDir);
+    this.workersDir = files.workers;
+    this.cacheDir = files.cache;
+    this.socketPath = o.options.socketPath ?? files.socket;
     this.repo = o.repo;
     this.state = o.state;
     this.catalog = o.catalog;
