@@ -73,6 +73,17 @@ export const ErrorCodes = {
   HF_JOB_BUSY: 'a job of the same kind is already running for that subject',
   HF_UPDATE_LOCKED: 'jobs are running (or an update holds the lock): the update or reboot has to wait',
   HF_ENGINE_UNAVAILABLE: 'the engine does not answer on its socket',
+  HF_ENROLL_TOKEN: 'the enrollment token is unknown, used already or expired: ask the vendor for a new one',
+  HF_ENROLL_CSR: 'the certificate request is malformed or not signed by its own key',
+  HF_FLEET_UNAUTHORIZED: 'the box has no valid fleet certificate, or it was revoked',
+  HF_FLEET_UNREACHABLE: 'the fleet service cannot be reached, or answered with an error',
+  HF_UPDATE_METADATA: 'the release channel\'s TUF metadata failed verification (signature, version, expiry or consistency)',
+  HF_UPDATE_NOT_FOUND: 'the release is not among the signed targets of the channel',
+  HF_UPDATE_VERIFY: 'a downloaded release does not match its signed length or hashes',
+  HF_UPDATE_DOWNGRADE: 'the release is older than the installed one: updates never go backwards',
+  HF_UPDATE_FAILED: 'the installed release did not pass its health check and was rolled back',
+  HF_ESCROW_LOCKED: 'the configuration escrow does not open with this recovery key',
+  HF_ESCROW_NOT_FOUND: 'the fleet holds no configuration escrow for the box',
   HF_WORKER_FAILED: 'a job\'s worker process ended without finishing the job (killed, out of memory, crashed)',
 } as const;
 

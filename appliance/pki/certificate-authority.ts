@@ -115,11 +115,11 @@ export async function initCa(dir: string, opts: InitCaOptions = {}): Promise<{ c
 export async function issueCertificate(dir: string, opts: IssueOptions): Promise<IssuedCertificate> {
   const name = checkName(opts.name);
   const kind = opts.kind;
-  if (kind !== 'appliance' && kind !== 'store') {
-    throw new HoldfastError('HF_PKI_INVALID', `certificate kind ${JSON.stringify(kind)} is not valid: use 'appliance' or 'store'`);
+  if (kind !== 'appliance' && kind !== 'store' && kind !== 'fleet') {
+    throw new HoldfastError('HF_PKI_INVALID', `certificate kind ${JSON.stringify(kind)} is not valid: use 'appliance', 'store' or 'fleet'`);
   }
   if (kind === 'appliance' && opts.hosts !== undefined) {
-    throw new HoldfastError('HF_PKI_INVALID', `certificate ${name}: hosts are for store certificates only`);
+    throw new HoldfastError('HF_PKI_INVALID', `certificate ${name}: hosts are for server (store, fleet) certificates only`);
   }
   const notBefore = opts.notBefore ?? new Date(Date.now() - BACKDATE_MS);
   if (!(notBefore instanceof Date) || Number.isNaN(notBefore.getTime())) {
@@ -129,34 +129,14 @@ export async function issueCertificate(dir: string, opts: IssueOptions): Promise
   if (!(notAfter instanceof Date) || Number.isNaN(notAfter.getTime()) || notAfter <= notBefore) {
     throw new HoldfastError('HF_PKI_INVALID', `certificate ${name}: notAfter must be a date after notBefore`);
   }
-  const sanNames = kind === 'store' ? subjectAltNames(name, opts.hosts) : undefined;
+  const sanNames = kind !== 'appliance' ? subjectAltNames(name, opts.hosts) : undefined;
   const certFile = path.join(dir, `${name}.crt`);
   const keyFile = path.join(dir, `${name}.key`);
   const ca = await loadCa(dir);
   for (const f of [keyFile, certFile]) await refuseExisting(f, `certificate ${name}`);
 
   const keys = await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']);
-  const extensions: x509.Extension[] = [
-    new x509.BasicConstraintsExtension(false, undefined, true),
-    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-    new x509.ExtendedKeyUsageExtension(
-      [kind === 'appliance' ? x509.ExtendedKeyUsage.clientAuth : x509.ExtendedKeyUsage.serverAuth], false),
-    await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    await x509.AuthorityKeyIdentifierExtension.create(ca.cert, false),
-  ];
-  if (sanNames) extensions.push(new x509.SubjectAlternativeNameExtension(sanNames, false));
-  const serialNumber = randomSerial();
-  const cert = await x509.X509CertificateGenerator.create({
-    serialNumber,
-    subject: [{ CN: [name] }, { OU: [kind] }, { O: ['Holdfast'] }],
-    issuer: ca.cert.subjectName,
-    notBefore,
-    notAfter,
-    publicKey: keys.publicKey,
-    signingKey: ca.key,
-    signingAlgorithm: SIGNING,
-    extensions,
-  });
+  const cert = await signLeaf(ca, keys.publicKey, { name, kind, notBefore, notAfter, sanNames });
   await writeFileAtomic(keyFile, await privateKeyPem(keys.privateKey), { mode: 0o600, exclusive: true });
   try {
     await writeFileAtomic(certFile, cert.toString('pem') + '\n', { mode: 0o644, exclusive: true });
@@ -166,6 +146,77 @@ export async function issueCertificate(dir: string, opts: IssueOptions): Promise
     throw err;
   }
   return { certFile, keyFile, serialNumber: cert.serialNumber, notBefore: cert.notBefore, notAfter: cert.notAfter };
+}
+
+/** A leaf certificate for `publicKey`, signed by the CA: see issueCertificate for its contents. */
+async function signLeaf(ca: { cert: x509.X509Certificate; key: CryptoKey }, publicKey: CryptoKey,
+  o: { name: string; kind: CertificateKind; notBefore: Date; notAfter: Date; sanNames: x509.JsonGeneralNames | undefined }): Promise<x509.X509Certificate> {
+  const extensions: x509.Extension[] = [
+    new x509.BasicConstraintsExtension(false, undefined, true),
+    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+    new x509.ExtendedKeyUsageExtension(
+      [o.kind === 'appliance' ? x509.ExtendedKeyUsage.clientAuth : x509.ExtendedKeyUsage.serverAuth], false),
+    await x509.SubjectKeyIdentifierExtension.create(publicKey),
+    await x509.AuthorityKeyIdentifierExtension.create(ca.cert, false),
+  ];
+  if (o.sanNames) extensions.push(new x509.SubjectAlternativeNameExtension(o.sanNames, false));
+  return x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: [{ CN: [o.name] }, { OU: [o.kind] }, { O: ['Holdfast'] }],
+    issuer: ca.cert.subjectName,
+    notBefore: o.notBefore,
+    notAfter: o.notAfter,
+    publicKey,
+    signingKey: ca.key,
+    signingAlgorithm: SIGNING,
+    extensions,
+  });
+}
+
+/**
+ * A certificate request made on the box: a new ECDSA P-256 key (PKCS#8 PEM,
+ * the caller writes it, mode 0600, and it never leaves the box) and a PKCS#10
+ * request signed by it. The subject is only a hint: the CA names the
+ * certificate (issueFromRequest).
+ */
+export async function makeCertificateRequest(name: string): Promise<{ keyPem: string; csrPem: string }> {
+  checkName(name);
+  const keys = await webcrypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']);
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: [{ CN: [name] }], keys, signingAlgorithm: SIGNING,
+  });
+  return { keyPem: await privateKeyPem(keys.privateKey), csrPem: csr.toString('pem') + '\n' };
+}
+
+/**
+ * Issues an appliance certificate for the public key in a PKCS#10 request
+ * (enrollment: the key stays on the box). The request's signature MUST
+ * verify (proof that the requester holds the key) and the key MUST be ECDSA
+ * P-256, else HF_ENROLL_CSR; the subject the request asks for is ignored:
+ * the certificate is CN=<name>,OU=appliance,O=Holdfast like issueCertificate's.
+ * Nothing is written: the caller keeps the certificate (PEM) and its serial
+ * for revocation (revokeSerial).
+ */
+export async function issueFromRequest(dir: string, csrPem: string, o: { name: string; days?: number }): Promise<{ certPem: string; serialNumber: string; notBefore: Date; notAfter: Date }> {
+  const name = checkName(o.name);
+  let csr: x509.Pkcs10CertificateRequest;
+  try {
+    csr = new x509.Pkcs10CertificateRequest(csrPem);
+  } catch (cause) {
+    throw new HoldfastError('HF_ENROLL_CSR', 'the certificate request is not a PEM PKCS#10 request', { cause });
+  }
+  if (!(await csr.verify().catch(() => false))) throw new HoldfastError('HF_ENROLL_CSR', 'the certificate request is not signed by its own key');
+  let publicKey: CryptoKey;
+  try {
+    publicKey = await csr.publicKey.export(EC_KEY, ['verify'], webcrypto);
+  } catch (cause) {
+    throw new HoldfastError('HF_ENROLL_CSR', 'the certificate request\'s key is not ECDSA P-256', { cause });
+  }
+  const ca = await loadCa(dir);
+  const notBefore = new Date(Date.now() - BACKDATE_MS);
+  const notAfter = new Date(notBefore.getTime() + checkDays(o.days ?? CERT_DAYS, 'certificate validity') * DAY_MS);
+  const cert = await signLeaf(ca, publicKey, { name, kind: 'appliance', notBefore, notAfter, sanNames: undefined });
+  return { certPem: cert.toString('pem') + '\n', serialNumber: cert.serialNumber, notBefore: cert.notBefore, notAfter: cert.notAfter };
 }
 
 /**
@@ -188,6 +239,17 @@ export async function revokeCertificate(dir: string, name: string): Promise<{ cr
   if (!(await cert.verify({ publicKey: ca.cert, signatureOnly: true }).catch(() => false))) {
     throw new HoldfastError('HF_PKI_INVALID', `certificate ${certFile} was not issued by the CA in ${dir}; nothing revoked`);
   }
+  return { crlFile: await revokeSerial(dir, cert.serialNumber, ca), serialNumber: cert.serialNumber };
+}
+
+/**
+ * Adds a serial number (hex) to dir/crl.pem, keeping earlier entries (see
+ * revokeCertificate): for certificates the CA issued without a file
+ * (issueFromRequest). Returns the CRL's path.
+ */
+export async function revokeSerial(dir: string, serialNumber: string, loaded?: { cert: x509.X509Certificate; key: CryptoKey }): Promise<string> {
+  if (!/^[0-9a-f]{2,40}$/i.test(serialNumber)) throw new HoldfastError('HF_PKI_INVALID', `serial number ${JSON.stringify(serialNumber)} is not hexadecimal`);
+  const ca = loaded ?? await loadCa(dir);
   const crlFile = path.join(dir, 'crl.pem');
   const crlPem = await readPem(crlFile, 'CRL');
   let old: x509.X509Crl;
@@ -204,13 +266,13 @@ export async function revokeCertificate(dir: string, name: string): Promise<{ cr
   // SEQUENCE, which RFC 5280 forbids (SIZE 1..MAX) and strict parsers reject.
   const entries: x509.X509CrlEntryParams[] = old.entries.map((e) =>
     ({ serialNumber: e.serialNumber, revocationDate: e.revocationDate, invalidity: e.invalidity ?? e.revocationDate }));
-  if (!entries.some((e) => e.serialNumber === cert.serialNumber)) {
+  if (!entries.some((e) => e.serialNumber.toLowerCase() === serialNumber.toLowerCase())) {
     const now = new Date(Math.floor(Date.now() / 1000) * 1000); // GeneralizedTime without fractions
-    entries.push({ serialNumber: cert.serialNumber, revocationDate: now, invalidity: now });
+    entries.push({ serialNumber, revocationDate: now, invalidity: now });
   }
   const number = crlNumber(old) + 1n;
   await writeFileAtomic(crlFile, await signCrl(ca.cert, ca.key, entries, number), { mode: 0o644, exclusive: false });
-  return { crlFile, serialNumber: cert.serialNumber };
+  return crlFile;
 }
 
 /**

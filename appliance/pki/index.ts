@@ -6,7 +6,7 @@ import type * as Authority from './certificate-authority.ts';
 export type { InitCaOptions, IssueOptions, IssuedCertificate } from './certificate-authority.ts';
 export { CERTIFICATE_NAME, type CertificateKind } from './certificate-names.ts';
 export { peerIdentity, type CertificateLike, type PeerIdentity } from './peer-identity.ts';
-export { readPem, type PemKind } from './pem-file.ts';
+export { readPem, writeFileAtomic, type PemKind } from './pem-file.ts';
 
 const authority = (): Promise<typeof Authority> => import('./certificate-authority.ts');
 
@@ -18,3 +18,9 @@ export const issueCertificate: typeof Authority.issueCertificate = async (...arg
 export const ensureSelfSignedServer: typeof Authority.ensureSelfSignedServer = async (...args) => (await authority()).ensureSelfSignedServer(...args);
 /** See certificate-authority.ts. */
 export const revokeCertificate: typeof Authority.revokeCertificate = async (...args) => (await authority()).revokeCertificate(...args);
+/** See certificate-authority.ts. */
+export const makeCertificateRequest: typeof Authority.makeCertificateRequest = async (...args) => (await authority()).makeCertificateRequest(...args);
+/** See certificate-authority.ts. */
+export const issueFromRequest: typeof Authority.issueFromRequest = async (...args) => (await authority()).issueFromRequest(...args);
+/** See certificate-authority.ts. */
+export const revokeSerial = async (dir: string, serialNumber: string): Promise<string> => (await authority()).revokeSerial(dir, serialNumber);

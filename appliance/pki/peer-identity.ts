@@ -45,8 +45,8 @@ export function peerIdentity(cert: CertificateLike): PeerIdentity {
   if (typeof cn !== 'string' || !CERTIFICATE_NAME.test(cn)) {
     throw new HoldfastError('HF_PKI_INVALID', `the peer certificate (${shown}) has no valid Holdfast name in CN`);
   }
-  if (ou !== 'appliance' && ou !== 'store') {
-    throw new HoldfastError('HF_PKI_INVALID', `the peer certificate (${shown}) is neither an appliance nor a store certificate (OU)`);
+  if (ou !== 'appliance' && ou !== 'store' && ou !== 'fleet') {
+    throw new HoldfastError('HF_PKI_INVALID', `the peer certificate (${shown}) is neither an appliance, a store nor a fleet certificate (OU)`);
   }
   return { name: cn, kind: ou };
 }
