@@ -3,16 +3,17 @@
 // security`; the engine, started with NOTIFY_SOCKET and WATCHDOG_USEC as
 // systemd starts it, sends READY, STATUS (with job progress) and WATCHDOG
 // to a real AF_UNIX datagram socket, from its own pid.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import t, { type Test } from 'tap';
+import t from 'tap';
 
 import { V8_FLAGS } from '../appliance/cli/runtime.mjs';
 import { sdNotify } from '../native/index.ts';
 import { ROOT } from './helpers/cli.ts';
 import { startAppliance, waitJob } from './helpers/appliance.ts';
+import { notifyListener as listener } from './helpers/notify-listener.ts';
 import { tmpDir } from './helpers/tmp.ts';
 import { pseudoRandom } from './helpers/tree.ts';
 
@@ -49,40 +50,6 @@ t.test('units pass systemd-analyze verify and rate at most 4.0 for exposure', { 
   t.match(engine, /^KillMode=mixed$/m, 'stopping the engine stops its job workers through it (SIGTERM to the engine only)');
   t.match(engine, /^SystemCallFilter=setpriority$/m, 'its job workers may lower their own priority');
 });
-
-/** A real datagram socket, read by python3: one JSON line per datagram with the sender's pid (SO_PASSCRED). */
-function listener(t: Test, socketPath: string): { messages: () => { pid: number; text: string }[]; ready: Promise<void> } {
-  const script = `
-import socket, struct, sys, json, os
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-s.bind(sys.argv[1])
-print("bound", flush=True)
-while True:
-    data, anc, flags, addr = s.recvmsg(65536, socket.CMSG_SPACE(12))
-    pid = -1
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid = struct.unpack("iII", payload[:12])[0]
-    print(json.dumps({"pid": pid, "text": data.decode()}), flush=True)
-`;
-  const child = spawn('python3', ['-c', script, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  const messages: { pid: number; text: string }[] = [];
-  let buf = '';
-  let bound: () => void = () => undefined;
-  const ready = new Promise<void>((resolve) => { bound = resolve; });
-  child.stdout.on('data', (d: Buffer) => {
-    buf += d.toString('utf8');
-    const lines = buf.split('\n');
-    buf = lines.pop()!;
-    for (const l of lines) {
-      if (l === 'bound') bound();
-      else if (l) messages.push(JSON.parse(l) as { pid: number; text: string });
-    }
-  });
-  return { messages: () => messages, ready };
-}
 
 async function eventually(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;

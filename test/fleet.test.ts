@@ -1,0 +1,103 @@
+// The fleet service on loopback, as its own process (`npm run channel --
+// serve`), with real agents: enrollment with one-time tokens (reused,
+// expired and unknown ones refused), heartbeats seen in the fleet view,
+// commands acknowledged with their result, key rotation, and revocation
+// answering 401 on every box route.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+
+import t from 'tap';
+import { Agent as HttpAgent, request } from 'undici';
+
+import { FleetClient, enrollBox, identityFiles } from '../appliance/agent/index.ts';
+import { lightRelease, startAgent, startChannel } from './helpers/fleet.ts';
+import { tmpDir } from './helpers/tmp.ts';
+
+t.test('enrollment: a one-time token gives a certificate for a key made on the box; reused, expired and unknown tokens are refused', async (t) => {
+  const ch = await startChannel(t);
+  const p = await ch.provisioning();
+  const dir = tmpDir(t);
+  const { identity, enrolledNow } = await enrollBox(path.join(dir, 'a'), p);
+  t.ok(enrolledNow, 'enrolled');
+  t.match(identity.name, /^box-[0-9a-f]{10}$/, 'the fleet named the box');
+  t.match(identity.certPem, /BEGIN CERTIFICATE/, 'and certified it');
+  const key = await fsp.stat(identityFiles(path.join(dir, 'a')).key);
+  t.equal(key.mode & 0o777, 0o600, 'the key stays on the box, mode 0600');
+  const again = await enrollBox(path.join(dir, 'a'), p);
+  t.notOk(again.enrolledNow, 'a second start keeps the identity');
+  t.equal(again.identity.certPem, identity.certPem, 'the same certificate');
+
+  await t.rejects(enrollBox(path.join(dir, 'b'), p), { code: 'HF_ENROLL_TOKEN' }, 'the same token again is refused');
+  await t.rejects(enrollBox(path.join(dir, 'c'), { ...p, token: 'hft_nosuchtoken0000000000000000' }), { code: 'HF_ENROLL_TOKEN' }, 'an unknown token is refused');
+  const short = await ch.provisioning({ hours: 0.0005 }); // 1.8 s
+  await new Promise((r) => setTimeout(r, 2500));
+  await t.rejects(enrollBox(path.join(dir, 'd'), short), { code: 'HF_ENROLL_TOKEN' }, 'an expired token is refused');
+  // A malformed CSR does not use up a good token.
+  const good = await ch.provisioning();
+  const raw = new HttpAgent({ connect: { ca: ch.ca } });
+  t.teardown(() => raw.close());
+  const bad = await request(`${ch.url}/v1/enroll`, { method: 'POST', dispatcher: raw, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: good.token, csr: 'not a csr' }) });
+  t.equal(bad.statusCode, 400, 'a malformed CSR is a 400');
+  t.equal(((await bad.body.json()) as { error: { code: string } }).error.code, 'HF_ENROLL_CSR');
+  t.ok((await enrollBox(path.join(dir, 'e'), good)).enrolledNow, 'the token still enrolls a box afterwards');
+  const { body } = await ch.vendor<{ boxes: { name: string }[] }>('GET', '/v1/fleet/boxes');
+  t.equal(body.boxes.length, 2, 'two boxes enrolled, nothing else');
+});
+
+t.test('heartbeats show in the fleet view; commands run and are acknowledged; a revoked box gets 401 everywhere', async (t) => {
+  const ch = await startChannel(t);
+  const dir = tmpDir(t);
+  const v1 = await lightRelease(dir, '1.0.0');
+  const { agent } = await startAgent(t, { provisioning: await ch.provisioning(), bundle: v1, version: '1.0.0' });
+  const name = agent.identity.name;
+  const before = await ch.vendor<{ boxes: { name: string; lastHeartbeat: string | null }[] }>('GET', '/v1/fleet/boxes');
+  t.equal(before.body.boxes[0]!.lastHeartbeat, null, 'no heartbeat yet');
+  const beat = await agent.heartbeat();
+  t.equal(beat.heartbeatSeconds, 300, 'the fleet tells the interval');
+  const d1 = agent.nextDelayMs(300), d2 = agent.nextDelayMs(300);
+  t.ok(d1 >= 240_000 && d1 <= 360_000 && d2 >= 240_000 && d2 <= 360_000, 'the next heartbeat is the interval ±20%');
+  const view = await ch.vendor<{ boxes: { name: string; version: string; lastHeartbeat: string; health: { status: string }; channel: string }[] }>('GET', '/v1/fleet/boxes');
+  t.match(view.body.boxes[0], { name, version: '1.0.0', channel: 'stable', health: { status: 'ok' } }, 'the fleet view shows the box, its version and health');
+  t.ok(view.body.boxes[0]!.lastHeartbeat, 'and when it last spoke');
+  t.equal((await ch.vendor('GET', '/v1/fleet/boxes', undefined)).status, 200);
+  const noToken = await request(`${ch.url}/v1/fleet/boxes`, { dispatcher: new HttpAgent({ connect: { ca: ch.ca } }) });
+  t.equal(noToken.statusCode, 401, 'the fleet API needs the vendor token');
+  await noToken.body.dump();
+  const page = await request(`${ch.url}/fleet`, { dispatcher: new HttpAgent({ connect: { ca: ch.ca } }) });
+  t.match(await page.body.text(), /Holdfast fleet/, 'the fleet page is served');
+
+  // Commands: a setting, and one the box cannot do (no engine here): both acknowledged with their result.
+  const set = await ch.vendor<{ id: number }>('POST', `/v1/fleet/boxes/${name}/commands`, { kind: 'set', args: { key: 'maintenance-window', value: 'Sat-Sun 01:00-05:00' } });
+  const job = await ch.vendor<{ id: number }>('POST', `/v1/fleet/boxes/${name}/commands`, { kind: 'run-job', args: { job: 'backup', subject: 'fs1' } });
+  t.equal((await ch.vendor('POST', `/v1/fleet/boxes/${name}/commands`, { kind: 'format-disk', args: {} })).status, 400, 'an unknown command is refused at the fleet');
+  t.equal((await agent.heartbeat()).commands, 2, 'the next heartbeat carries both commands');
+  t.equal(agent.state.maintenanceWindow, 'Sat-Sun 01:00-05:00', 'the setting changed on the box');
+  const detail = await ch.vendor<{ commands: { id: number; state: string; result: Record<string, unknown> }[] }>('GET', `/v1/fleet/boxes/${name}`);
+  const byId = new Map(detail.body.commands.map((c) => [c.id, c]));
+  t.match(byId.get(set.body.id), { state: 'done', result: { 'maintenance-window': 'Sat-Sun 01:00-05:00' } }, 'the setting is acknowledged done');
+  t.match(byId.get(job.body.id), { state: 'failed', result: { error: { code: 'HF_ENGINE_UNAVAILABLE' } } }, 'the job command is acknowledged failed, with the reason');
+  t.equal((await agent.heartbeat()).commands, 0, 'acknowledged commands are not sent again');
+
+  // Key rotation: a new key; the old certificate stops working once the new one is used.
+  const oldCert = agent.identity;
+  await ch.vendor('POST', `/v1/fleet/boxes/${name}/commands`, { kind: 'rotate-key', args: {} });
+  await agent.heartbeat();
+  t.not(agent.identity.keyPem, oldCert.keyPem, 'the box made a new key');
+  const old = new FleetClient(ch.url, { ca: ch.ca, cert: oldCert.certPem, key: oldCert.keyPem });
+  t.teardown(() => old.close());
+  await t.rejects(old.call('POST', '/v1/heartbeat', await agent.report()), { code: 'HF_FLEET_UNAUTHORIZED' }, 'the old certificate gets 401');
+  await agent.heartbeat();
+  t.pass('the new key heartbeats');
+
+  // Revocation.
+  const r = await ch.cli(['revoke', '--dir', ch.dir, name]);
+  t.equal(r.code, 0, `revoked: ${r.stdout}`);
+  for (const [method, p] of [['POST', '/v1/heartbeat'], ['GET', '/v1/escrow'], ['GET', '/tuf/metadata/timestamp.json'], ['GET', '/v1/whoami'], ['POST', '/v1/renew']] as const) {
+    const res = await request(`${ch.url}${p}`, { method, dispatcher: agent.fleet.dispatcher, ...(method === 'POST' ? { headers: { 'content-type': 'application/json' }, body: '{}' } : {}) });
+    t.equal(res.statusCode, 401, `${method} ${p} answers a revoked box 401`);
+    await res.body.dump();
+  }
+  await t.rejects(agent.heartbeat(), { code: 'HF_FLEET_UNAUTHORIZED' }, 'the agent sees HF_FLEET_UNAUTHORIZED');
+  const crl = await fsp.readFile(path.join(ch.dir, 'ca', 'crl.pem'), 'utf8');
+  t.match(crl, /BEGIN X509 CRL/, 'the CRL the stores get lists the revocation');
+});
