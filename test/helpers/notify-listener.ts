@@ -23,7 +23,10 @@ while True:
   const messages: { pid: number; text: string }[] = [];
   let buf = '';
   let bound: () => void = () => undefined;
-  const ready = new Promise<void>((resolve) => { bound = resolve; });
+  const ready = new Promise<void>((resolve, reject) => {
+    bound = resolve;
+    child.once('exit', (code) => reject(new Error(`the notify listener (python3) exited with ${code} before binding ${socketPath}`)));
+  });
   child.stdout.on('data', (d: Buffer) => {
     buf += d.toString('utf8');
     const lines = buf.split('\n');

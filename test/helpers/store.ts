@@ -96,6 +96,9 @@ export class CountingProxy {
   firstByteAt = 0;
   lastByteAt = 0;
   port = 0;
+  /** When set, the first connection to carry more than this many bytes to the client is cut (a pulled cable), once. */
+  #cutAfter: number | null = null;
+  cuts = 0;
 
   constructor(targetPort: number) {
     this.#server = net.createServer((client) => {
@@ -112,7 +115,17 @@ export class CountingProxy {
         while (this.perSecond.length <= sec) this.perSecond.push(0);
         this.perSecond[sec]! += d.length;
       });
-      upstream.on('data', (d: Buffer) => { this.toClient += d.length; });
+      let relayed = 0;
+      upstream.on('data', (d: Buffer) => {
+        this.toClient += d.length;
+        relayed += d.length;
+        if (this.#cutAfter !== null && relayed > this.#cutAfter) {
+          this.#cutAfter = null;
+          this.cuts++;
+          client.destroy();
+          upstream.destroy();
+        }
+      });
       client.pipe(upstream);
       upstream.pipe(client);
       const close = () => { client.destroy(); upstream.destroy(); this.#sockets.delete(client); this.#sockets.delete(upstream); };
@@ -127,6 +140,11 @@ export class CountingProxy {
     await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
     this.port = (this.#server.address() as net.AddressInfo).port;
     return this.port;
+  }
+
+  /** Cuts the next connection that relays more than `bytes` to the client. */
+  cutOnceAfter(bytes: number): void {
+    this.#cutAfter = bytes;
   }
 
   reset(): void {
