@@ -12,7 +12,9 @@ import { type RetentionPolicy, type SnapshotEntry, listSnapshots, resolveSnapsho
 import { type SourceCredentials, type SourceSpec, openSource, parseSourceArgs } from '../sources/index.ts';
 import { LocalStorage } from '../storage/index.ts';
 import { type GlobalOptions, cacheDir, openRepository, passphrase, readSecretFile, repoLocation } from './context.ts';
+import { registerEscrowCommands } from './escrow-commands.ts';
 import { Output, bytes, duration, modeString, printable, time } from './output.ts';
+import { registerAgentCommands } from './agent-commands.ts';
 import { openFromTarget, registerReplicationCommands } from './replication-commands.ts';
 import { registerConsoleCommands, registerServiceCommands } from './service-commands.ts';
 
@@ -393,6 +395,8 @@ export async function main(argv: string[]): Promise<number> {
   registerReplicationCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
   registerServiceCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
   registerConsoleCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
+  registerEscrowCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
+  registerAgentCommands(program, { action, out: () => out, signal: abort.signal, exit: EXIT });
 
   try {
     await program.parseAsync(argv, { from: 'user' });

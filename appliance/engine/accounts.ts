@@ -4,8 +4,12 @@ import { HoldfastError } from '../errors/index.ts';
 import type { Clock } from './clock.ts';
 import { ROLES, type Role, type StateStore } from './state-store.ts';
 
-/** What each role may do; every API route names the permission it needs. */
-export type Permission = 'read' | 'run' | 'restore' | 'configure';
+/**
+ * What each role may do; every API route names the permission it needs.
+ * 'local' is granted to no role: only the box itself (the CLI or the agent,
+ * `Authorization: Local`) has it, never a console session.
+ */
+export type Permission = 'read' | 'run' | 'restore' | 'configure' | 'local';
 const GRANTS: Record<Role, readonly Permission[]> = {
   viewer: ['read'],
   operator: ['read', 'run', 'restore'],

@@ -7,13 +7,16 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 
 import { PROGRAM } from '../backup/index.ts';
 import { ErrorCodes, HoldfastError, errorCode } from '../errors/index.ts';
-import { type SnapshotId, shortId } from '../repository/index.ts';
+import { EscrowKeyPair } from '../escrow/index.ts';
+import { Repository, type SnapshotId, shortId } from '../repository/index.ts';
 import { TARGET_NAME, type TargetConfig, localFiles, parseEndpoints, parseRate, parseWindows, targetStatus } from '../replication/index.ts';
 import { type RetentionPolicy, applyPolicy, isEmptyPolicy, listSnapshots, resolveSnapshot } from '../snapshot/index.ts';
 import { type SourceSpec, openSource, parseSourceUrl } from '../sources/index.ts';
+import { LocalStorage } from '../storage/index.ts';
 import { type Actor, LOCAL_ACTOR, type Permission, allows, verifyPassword } from './accounts.ts';
 import type { Engine } from './engine.ts';
 import { dataFiles } from './engine.ts';
+import { escrowKeyOf, exportEscrow, saveEscrowKey } from './escrow-export.ts';
 import { sourceCredentials } from './job-work.ts';
 import { sourceHost } from './jobs.ts';
 import { validateCron } from './scheduler.ts';
@@ -44,6 +47,7 @@ const STATUS: Partial<Record<string, number>> = {
   HF_NOT_FOUND: 404, HF_SNAPSHOT_NOT_FOUND: 404, HF_PATH_NOT_FOUND: 404, HF_TARGET_NOT_FOUND: 404, HF_SOURCE_NOT_FOUND: 404,
   HF_CONFLICT: 409, HF_SETUP_DONE: 409, HF_JOB_BUSY: 409, HF_UPDATE_LOCKED: 409, HF_TARGET_EXISTS: 409, HF_REPO_LOCKED: 409,
   HF_SETUP_NEEDED: 409, HF_INVALID_ARGUMENT: 400, HF_USAGE: 400, HF_SOURCE_URL_INVALID: 400, HF_PKI_INVALID: 400,
+  HF_BAD_RECOVERY_KEY: 400, HF_ESCROW_NOT_FOUND: 404,
 };
 
 /** Plain words for a status, as the console shows them. */
@@ -148,7 +152,10 @@ export async function startApi(engine: Engine, socketPath: string): Promise<ApiS
       method, url,
       handler: async (req, reply) => {
         const actor = req.actor ?? { user: 'anonymous', role: 'viewer' as const };
-        if (permission !== null && !allows(actor.role, permission)) {
+        if (permission === 'local' && req.actor !== LOCAL_ACTOR) {
+          throw new HoldfastError('HF_FORBIDDEN', `${actor.user} (${actor.role}) may not do this: only the box itself may (Authorization: Local with DATA_DIR/local.token, as the CLI and the agent do)`);
+        }
+        if (permission !== null && permission !== 'local' && !allows(actor.role, permission)) {
           throw new HoldfastError('HF_FORBIDDEN', `${actor.user} (${actor.role}) may not do this: it needs ${permission === 'configure' ? 'an admin' : 'an operator or admin'}`);
         }
         return handler(req, reply, actor);
@@ -549,6 +556,34 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
     return engine.metrics.text();
   });
 
+  // ---- configuration escrow (docs/DESIGN.md, "Configuration escrow") ----
+  // The sealed configuration, for the agent to hand to the fleet. Only the
+  // box itself: it holds every secret (sealed for the recovery key).
+  route('GET', '/v1/escrow', 'local', async (_req, reply) => {
+    const e = await exportEscrow(engine);
+    reply.header('content-type', 'application/octet-stream').header('cache-control', 'no-store')
+      .header('x-holdfast-escrow-sha256', e.digest).header('x-holdfast-escrow-key-id', e.keyId);
+    return reply.send(e.blob);
+  });
+  route('GET', '/v1/escrow/key', 'read', async () => {
+    const k = await escrowKeyOf(engine.state);
+    return { key: k ? { keyId: k.keyId, set: k.set, by: k.by } : null };
+  });
+  route('PUT', '/v1/escrow/key', 'configure', async (req, _reply, a) => {
+    const recoveryKey = str(body(req).recoveryKey, 'recoveryKey', 200);
+    const pair = EscrowKeyPair.fromRecoveryKey(recoveryKey); // HF_BAD_RECOVERY_KEY when malformed
+    // The key must be this repository's: it is what opens the repository (and so the escrow) after a disaster.
+    const check = await Repository.open(new LocalStorage((await engine.repoCredentials()).dir), { recoveryKey });
+    try {
+      if (check.id !== engine.repo.id) throw new HoldfastError('HF_BAD_RECOVERY_KEY', 'the recovery key opens another repository than the engine\'s');
+    } finally {
+      await check.close();
+    }
+    const k = await saveEscrowKey(engine.state, pair.publicKey, 'admin', new Date(engine.clock.now()).toISOString());
+    await audit(a, 'escrow.key', { keyId: k.keyId });
+    return { ok: true, keyId: k.keyId };
+  });
+
   // ---- live events (server-sent events) ----
   route('GET', '/v1/events', 'read', async (req, reply) => {
     reply.hijack();
@@ -568,9 +603,9 @@ function registerRoutes(route: RouteFn, engine: Engine): void {
 /** Everything the dashboard shows, in one answer. */
 async function dashboard(engine: Engine): Promise<Record<string, unknown>> {
   const now = engine.clock.now();
-  const [sources, { snapshots }, schedules, targets, history, recovery] = await Promise.all([
+  const [sources, { snapshots }, schedules, targets, history, recovery, escrowKey] = await Promise.all([
     engine.state.sources(), listSnapshots(engine.repo, { cached: true }), engine.state.schedules(), engine.targets.list(),
-    engine.state.storageHistory(now - 90 * 86_400_000), engine.state.getSealed('recovery-key'),
+    engine.state.storageHistory(now - 90 * 86_400_000), engine.state.getSealed('recovery-key'), escrowKeyOf(engine.state),
   ]);
   const warnings: { severity: 'error' | 'warning' | 'info'; message: string; action: string }[] = [];
   const perSource = [];
@@ -603,6 +638,7 @@ async function dashboard(engine: Engine): Promise<Record<string, unknown>> {
   const [verify] = await engine.state.jobs({ kind: 'verify', limit: 1, states: ['done', 'failed'] });
   if (verify?.state === 'failed') warnings.push({ severity: 'error', message: `verify found damage: ${verify.error?.message ?? ''}`, action: 'run holdfast check --read-data, and see docs/OPERATIONS.md' });
   if (recovery) warnings.push({ severity: 'warning', message: 'the repository\'s recovery key has not been shown to an admin yet', action: 'finish setup' });
+  if (!escrowKey) warnings.push({ severity: 'warning', message: 'the fleet cannot keep this box\'s configuration: it has no escrow key (its repository was adopted)', action: 'enter the repository\'s recovery key once: on the box, holdfast escrow set-key --recovery-key-file FILE' });
   if (engine.runner.updateLockHolder) warnings.push({ severity: 'info', message: `an update holds the job lock (${engine.runner.updateLockHolder}); jobs wait`, action: 'none: it is released after the update' });
   const last = history.at(-1) ?? null;
   return {

@@ -8,6 +8,7 @@ import pino, { type Logger } from 'pino';
 
 import { Catalog } from '../catalog/index.ts';
 import { HoldfastError, errorCode } from '../errors/index.ts';
+import { EscrowKeyPair } from '../escrow/index.ts';
 import { Repository, type SnapshotId } from '../repository/index.ts';
 import { TargetRegistry } from '../replication/index.ts';
 import { listSnapshots } from '../snapshot/index.ts';
@@ -15,6 +16,7 @@ import { LocalStorage } from '../storage/index.ts';
 import { Accounts } from './accounts.ts';
 import { type ApiServer, startApi } from './api.ts';
 import { type Clock, systemClock } from './clock.ts';
+import { adoptEscrowKey, saveEscrowKey } from './escrow-export.ts';
 import { EngineEvents } from './events.ts';
 import { JobRunner } from './job-runner.ts';
 import { reapWorkers, runInWorker } from './job-worker.ts';
@@ -147,6 +149,7 @@ export class Engine implements EngineServices {
     const key = await ApplianceKey.load(files.key);
     const state = await StateStore.open(files.state, key);
     const repo = await openRepository(state, files.repository, options.repo, log);
+    await adoptEscrowKey(state, new Date(clock.now()).toISOString());
     repo.followWriters = true; // the job workers write to it
     // Workers a killed engine left may still hold the catalog or the repository's lock.
     const reaped = await reapWorkers(files.workers);
@@ -270,7 +273,8 @@ export class Engine implements EngineServices {
  * sealed in the state database), else the one given on first start, else a
  * new one with a random passphrase. A repository in the way whose
  * passphrase the engine does not know is HF_REPO_EXISTS (say which one to
- * use: --repo and --password-file).
+ * use: --repo and --password-file). A new repository's escrow public key
+ * is kept beside it (an adopted one's is set with PUT /v1/escrow/key).
  */
 async function openRepository(state: StateStore, defaultDir: string, given: EngineOptions['repo'], log: Logger): Promise<Repository> {
   const known = await state.getSealed<{ dir: string; password: string }>('repository');
@@ -290,6 +294,8 @@ async function openRepository(state: StateStore, defaultDir: string, given: Engi
   const { repo, recoveryKey } = await Repository.init(new LocalStorage(defaultDir), password);
   await state.setSealed('repository', { dir: defaultDir, password });
   await state.setSealed('recovery-key', { key: recoveryKey, created: new Date().toISOString(), host: os.hostname() });
+  // The escrow key is derived now, while the recovery key is known: setup forgets it.
+  await saveEscrowKey(state, EscrowKeyPair.fromRecoveryKey(recoveryKey).publicKey, 'init', new Date().toISOString());
   log.info({ repository: defaultDir }, 'created the repository; its recovery key is shown once, at setup');
   return repo;
 }

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { hkdfSync, randomBytes } from 'node:crypto';
 
 import { BufferPool, Chunker, Sealer, SizedPools, deriveGearTable, release, sealBlobSize, sealBlobsSize, sha256 } from '../../native/index.ts';
 import { HoldfastError, hasCode } from '../errors/index.ts';
@@ -147,6 +147,17 @@ export class Repository {
     const name = `passphrase-${randomBytes(4).toString('hex')}`;
     await this.storage.save('key', name, [Buffer.from(JSON.stringify(key, null, 2))]);
     for (const old of before) if (old !== name) await this.storage.remove('key', old);
+  }
+
+  /**
+   * A key that authenticates something kept outside the repository but
+   * belonging to it (the configuration escrow): HKDF-SHA-256(master key,
+   * salt = repository id, info "holdfast v1 <purpose>"), like the working
+   * keys. Whoever can open the repository (passphrase or recovery key) can
+   * derive it; nobody else can.
+   */
+  authKey(purpose: 'config escrow mac'): Buffer {
+    return Buffer.from(hkdfSync('sha256', this.#masterKey, Buffer.from(this.id, 'hex'), `holdfast v1 ${purpose}`, 32));
   }
 
   /** A chunker with this repository's keyed gear table and id key. */
