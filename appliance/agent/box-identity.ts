@@ -85,3 +85,15 @@ export async function rotateIdentity(dataDir: string, current: BoxIdentity, clie
   await saveIdentity(dataDir, next);
   return next;
 }
+
+/** The newest configuration escrow the fleet holds for this box (a replacement box gets the box's it replaced). */
+export async function fetchEscrow(dataDir: string): Promise<Buffer> {
+  const id = await loadIdentity(dataDir);
+  if (!id) throw new HoldfastError('HF_USAGE', `the box is not enrolled (no identity in ${dataDir}): start holdfast-agent with its provisioning file first`);
+  const client = new FleetClient(id.fleet, { ca: id.caPem, cert: id.certPem, key: id.keyPem });
+  try {
+    return await client.getBuffer('/v1/escrow');
+  } finally {
+    await client.close();
+  }
+}

@@ -58,6 +58,28 @@ export function registerAgentCommands(program: Command, ctx: CommandContext): vo
       return ctx.exit.ok;
     }));
 
+  program.command('restore-box')
+    .description('a replacement box: fetch the escrow of the box it replaces from the fleet, open it with the recovery key, clone the repository from an offsite store, and set up the engine as it was')
+    .option('--agent-data-dir <dir>', 'the enrolled agent\'s directory (enrolled with a replacement token)', '/var/lib/holdfast-agent')
+    .option('--data-dir <dir>', 'the engine\'s data directory to set up (new, or not configured)', '/var/lib/holdfast')
+    .addHelpText('after', '\nThe recovery key printed at the old box\'s setup: --recovery-key-file FILE (or HOLDFAST_RECOVERY_KEY).')
+    .action(ctx.action(async (g: GlobalOptions, o: { agentDataDir: string; dataDir: string }) => {
+      const [{ fetchEscrow, identityFiles }, { restoreFromEscrow }, { readSecretFile }] = await Promise.all([
+        import('../agent/index.ts'), import('../engine/index.ts'), import('./context.ts'),
+      ]);
+      const recoveryKey = g.recoveryKeyFile ? readSecretFile(g.recoveryKeyFile, 'recovery key') : process.env.HOLDFAST_RECOVERY_KEY;
+      if (!recoveryKey) throw new HoldfastError('HF_NO_PASSWORD', 'no recovery key: pass --recovery-key-file FILE (or set HOLDFAST_RECOVERY_KEY): the one printed at the old box\'s setup');
+      const escrow = await fetchEscrow(path.resolve(o.agentDataDir));
+      const id = identityFiles(path.resolve(o.agentDataDir));
+      const r = await restoreFromEscrow({
+        dataDir: path.resolve(o.dataDir), escrow, recoveryKey, identity: { cert: id.cert, key: id.key, ca: id.ca }, signal: ctx.signal,
+        onProgress: (m) => ctx.out().note(m),
+      });
+      ctx.out().line(`restored: ${r.sources} sources, ${r.schedules} schedules, ${r.targets} targets, ${r.snapshots} snapshots (cloned from ${r.clonedFrom}); start holdfast-engine`);
+      ctx.out().result(r);
+      return ctx.exit.ok;
+    }));
+
   program.command('self-test')
     .description('check this release works on this box: runtime, native addon, and the engine answering (run by the agent after an update)')
     .option('--engine-socket <path>', 'also check the engine answers on its socket')
