@@ -35,7 +35,7 @@ t.test('with 10% and a failing release, the rollout halts and no box beyond the 
     const a = await b.agent.heartbeat();
     if (a.update) offered.add(b.agent.identity.name);
   }
-  const outcomes = await Promise.all(boxes.map((b) => b.agent.updating?.catch((e: unknown) => ({ state: 'error', e })) ?? null));
+  const outcomes = await Promise.all(boxes.map((b) => b.agent.lastUpdate?.catch((e: unknown) => ({ state: 'error', e })) ?? null));
   t.same([...offered].sort(), stage.map((b) => b.agent.identity.name).sort(), 'exactly the first stage\'s boxes were offered 2.0.0');
   for (const [i, b] of boxes.entries()) {
     if (!inStage(b.agent.identity.name)) continue;

@@ -77,7 +77,7 @@ t.test('publishing v2 moves a box from v1 to v2; a broken v3 is rolled back to v
   proxy.cutOnceAfter(Math.floor(v2.size / 2));
   const beat1 = await agent.heartbeat();
   t.same(beat1.update, { channel: 'stable', version: '2.0.0' }, 'the heartbeat answer offers 2.0.0');
-  await t.rejects(agent.updating!, { code: 'HF_FLEET_UNREACHABLE' }, 'the cut download fails with a coded error');
+  await t.rejects(agent.lastUpdate!, { code: 'HF_FLEET_UNREACHABLE' }, 'the cut download fails with a coded error');
   t.equal(proxy.cuts, 1, 'the cable was pulled once');
   const part = path.join(box, 'agent', 'downloads', 'holdfast-2.0.0.tar.gz.part');
   const partSize = fs.statSync(part).size;
@@ -89,7 +89,7 @@ t.test('publishing v2 moves a box from v1 to v2; a broken v3 is rolled back to v
   await new Promise((r) => setTimeout(r, 300));
   proxy.reset();
   await agent.heartbeat();
-  const waiting = await agent.updating!;
+  const waiting = await agent.lastUpdate!;
   t.equal(waiting.state, 'waiting', 'the update waits');
   t.match((waiting as { reason: string }).reason, /running jobs.*backup fs1/, 'for the running backup');
   t.ok(proxy.toClient < v2.size - partSize / 2, `the download resumed where it stopped (${proxy.toClient} bytes on the wire for the rest of ${v2.size})`);
@@ -102,7 +102,7 @@ t.test('publishing v2 moves a box from v1 to v2; a broken v3 is rolled back to v
   // 3. The job is over: the next heartbeat installs 2.0.0.
   const engineV1 = supervisor.engine!.pid;
   await agent.heartbeat();
-  const installed = await agent.updating!;
+  const installed = await agent.lastUpdate!;
   t.same(installed, { state: 'installed', from: '1.0.0', to: '2.0.0' }, '2.0.0 installed');
   t.equal(await agent.version(), '2.0.0', 'current points at 2.0.0');
   t.equal(fs.readlinkSync(path.join(root, 'current')), path.join('releases', '2.0.0'), 'switched by the symlink');
@@ -121,7 +121,7 @@ t.test('publishing v2 moves a box from v1 to v2; a broken v3 is rolled back to v
   // 4. A broken 3.0.0: its engine never reports READY.
   await ch.publish(v3.file, '3.0.0', { percent: 100 });
   await agent.heartbeat();
-  const rolled = await agent.updating!;
+  const rolled = await agent.lastUpdate!;
   t.match(rolled, { state: 'rolled-back', from: '2.0.0', to: '3.0.0', reason: /did not report READY within 20 s/ }, '3.0.0 rolled back to 2.0.0');
   t.equal(await agent.version(), '2.0.0', 'current points at 2.0.0 again');
   t.match(supervisor.starts.slice(-2), [{ release: '3.0.0', ready: false }, { release: '2.0.0', ready: true }], 'the 3.0.0 engine never got READY; the 2.0.0 one did');

@@ -101,3 +101,32 @@ t.test('heartbeats show in the fleet view; commands run and are acknowledged; a 
   const crl = await fsp.readFile(path.join(ch.dir, 'ca', 'crl.pem'), 'utf8');
   t.match(crl, /BEGIN X509 CRL/, 'the CRL the stores get lists the revocation');
 });
+
+t.test('an update waits for the maintenance window (an upgrade command does not); a downgrade is refused', async (t) => {
+  const ch = await startChannel(t);
+  const dir = tmpDir(t);
+  const v1 = await lightRelease(dir, '1.0.0');
+  const v2 = await lightRelease(dir, '1.1.0');
+  const { agent } = await startAgent(t, { provisioning: await ch.provisioning(), bundle: v1, version: '1.0.0' });
+  const name = agent.identity.name;
+  // A window that is not now: two hours from now, for an hour (local time).
+  const h = (new Date().getHours() + 2) % 24;
+  const window = `${String(h).padStart(2, '0')}:00-${String((h + 1) % 24).padStart(2, '0')}:00`;
+  await ch.vendor('POST', `/v1/fleet/boxes/${name}/commands`, { kind: 'set', args: { key: 'maintenance-window', value: window } });
+  await agent.heartbeat();
+  await ch.publish(v2, '1.1.0', { percent: 100 });
+  await agent.heartbeat();
+  t.match(await agent.lastUpdate, { state: 'waiting', reason: /maintenance window/ }, 'outside the window the offered update waits');
+  t.equal(await agent.version(), '1.0.0', 'nothing installed');
+  t.match((await agent.report()).updateWaiting, /maintenance window/, 'and the heartbeat says so');
+  const up = await ch.vendor<{ id: number }>('POST', `/v1/fleet/boxes/${name}/commands`, { kind: 'upgrade', args: { version: '1.1.0' } });
+  await agent.heartbeat();
+  t.equal(await agent.version(), '1.1.0', 'an upgrade command installs at once');
+  const down = await ch.vendor<{ id: number }>('POST', `/v1/fleet/boxes/${name}/commands`, { kind: 'upgrade', args: { version: '1.0.0' } });
+  await agent.heartbeat();
+  t.equal(await agent.version(), '1.1.0', 'an upgrade to an older version does nothing');
+  const detail = await ch.vendor<{ commands: { id: number; state: string; result: { error?: { code: string } } }[] }>('GET', `/v1/fleet/boxes/${name}`);
+  const byId = new Map(detail.body.commands.map((c) => [c.id, c]));
+  t.equal(byId.get(up.body.id)?.state, 'done', 'the upgrade is acknowledged done');
+  t.match(byId.get(down.body.id), { state: 'failed', result: { error: { code: 'HF_UPDATE_DOWNGRADE' } } }, 'the downgrade is refused with HF_UPDATE_DOWNGRADE');
+});

@@ -82,6 +82,7 @@ export class Agent {
   readonly #o: AgentOptions;
   #fetcher: ReleaseFetcher;
   #updating: Promise<UpdateOutcome> | null = null;
+  #lastUpdate: Promise<UpdateOutcome> | null = null;
   #waiting: string | null = null;
   #lastEscrowTry = 0;
 
@@ -280,6 +281,7 @@ export class Agent {
    */
   update(channel: ReleaseChannel | string, version: string, o: { force?: boolean } = {}): Promise<UpdateOutcome> {
     this.#updating ??= this.#update(channel, version, o).finally(() => { this.#updating = null; });
+    this.#lastUpdate = this.#updating;
     return this.#updating;
   }
 
@@ -407,9 +409,9 @@ export class Agent {
     await this.#updating?.catch(() => undefined);
   }
 
-  /** The update in progress, if any (tests and `stop` wait for it). */
-  get updating(): Promise<UpdateOutcome> | null {
-    return this.#updating;
+  /** The latest update attempt (running or finished), if any: what the last heartbeat's offer came to. */
+  get lastUpdate(): Promise<UpdateOutcome> | null {
+    return this.#lastUpdate;
   }
 
   async close(): Promise<void> {

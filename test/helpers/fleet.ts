@@ -110,6 +110,8 @@ export async function startChannel(t: Test, o: { heartbeatSeconds?: number; extr
       const r = await channelCli(['publish', '--dir', dir, '--offline-keys', offlineKeys, '--channel', p.channel ?? 'stable', '--version', version,
         '--percent', String(p.percent ?? 100), bundle]);
       if (r.code !== 0) throw new Error(`channel publish failed: ${r.stderr}`);
+      // The service reads the releases at most once a second (every heartbeat needs them).
+      await new Promise((resolve) => setTimeout(resolve, 1100));
     },
   };
   return channel;
