@@ -2,7 +2,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 
 import { HoldfastError, errorCode } from '../errors/index.ts';
-import { writeFileAtomic } from '../pki/index.ts';
+import { writeFileAtomic } from '../storage/index.ts';
 
 /** An update in flight, written before `current` is switched: an agent that dies mid-update finishes or rolls back on its next start. */
 export interface UpdateInFlight {

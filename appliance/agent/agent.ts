@@ -18,7 +18,7 @@ import { type ServiceManager, runSelfTest } from './service-manager.ts';
 
 const VERSION = /^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$/;
 
-/** Semver precedence of two release versions. */
+/** Semver precedence of two release versions (the box's own: it does not load the vendor's update-channel code). */
 export function compareVersions(a: string, b: string): number {
   const x = VERSION.exec(a), y = VERSION.exec(b);
   if (!x || !y) return a < b ? -1 : a > b ? 1 : 0;

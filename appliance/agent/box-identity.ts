@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { HoldfastError, errorCode } from '../errors/index.ts';
-import { makeCertificateRequest, writeFileAtomic } from '../pki/index.ts';
+import { makeCertificateRequest } from '../pki/index.ts';
+import { writeFileAtomic } from '../storage/index.ts';
 import { FleetClient } from './fleet-client.ts';
 import type { Provisioning } from './provisioning-file.ts';
 

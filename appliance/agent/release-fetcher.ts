@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -12,6 +11,7 @@ import { DownloadHTTPError, DownloadLengthMismatchError } from 'tuf-js/dist/erro
 import { type Dispatcher, request } from 'undici';
 
 import { HoldfastError, errorCode, ioError } from '../errors/index.ts';
+import { syncDir, writeFileAtomic } from '../storage/index.ts';
 
 /** The release channels a box can follow. */
 export type ReleaseChannel = 'stable' | 'beta';
@@ -208,7 +208,7 @@ export class ReleaseFetcher {
         { cause: err, details: { reason: 'invalid' } });
     }
     await fsp.mkdir(this.#o.cacheDir, { recursive: true, mode: 0o700 }).catch((err: unknown) => { throw ioError(`cannot create ${this.#o.cacheDir}`, err); });
-    await writeFileAtomic(file, initial);
+    await writeFileAtomic(file, initial, { mode: 0o600, exclusive: false });
   }
 
   /** Copies role.json from the work directory into the cache when it changed (temp → fsync → rename → fsync dir). */
@@ -224,7 +224,7 @@ export class ReleaseFetcher {
     }
     const old = await fsp.readFile(to).catch(() => null);
     if (old && old.equals(bytes)) return;
-    await writeFileAtomic(to, bytes);
+    await writeFileAtomic(to, bytes, { mode: 0o600, exclusive: false });
   }
 
   #targetUrl(info: ReleaseInfo): string {
@@ -434,29 +434,3 @@ async function unlinkIfThere(file: string): Promise<void> {
   });
 }
 
-async function writeFileAtomic(file: string, data: Uint8Array): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${randomBytes(6).toString('hex')}`);
-  try {
-    const fh = await fsp.open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fsp.rename(tmp, file);
-    await syncDir(path.dirname(file));
-  } catch (err) {
-    await fsp.unlink(tmp).catch(() => undefined);
-    throw ioError(`cannot write ${file}`, err);
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}

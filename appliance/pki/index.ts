@@ -6,7 +6,7 @@ import type * as Authority from './certificate-authority.ts';
 export type { InitCaOptions, IssueOptions, IssuedCertificate } from './certificate-authority.ts';
 export { CERTIFICATE_NAME, type CertificateKind } from './certificate-names.ts';
 export { peerIdentity, type CertificateLike, type PeerIdentity } from './peer-identity.ts';
-export { readPem, writeFileAtomic, type PemKind } from './pem-file.ts';
+export { readPem, type PemKind } from './pem-file.ts';
 
 const authority = (): Promise<typeof Authority> => import('./certificate-authority.ts');
 

@@ -2,3 +2,4 @@ export { FILE_TYPES, type FileInfo, type FileType, type FileWriter, type SaveOpt
 export { LocalStorage, filePath, syncDir } from './local-storage.ts';
 export { MemoryStorage } from './memory-storage.ts';
 export { FaultyStorage, type FaultRule, type Operation } from './faulty-storage.ts';
+export { writeFileAtomic } from './write-file-atomic.ts';

@@ -1,29 +1,17 @@
 import { createHash } from 'node:crypto';
 
+import { RELEASE_VERSION, compareVersions } from '../tuf/index.ts';
 import type { BoxName, ReleaseRecord, UpdateReport } from './fleet-store.ts';
 
-export const VERSION = /^(\d{1,6})\.(\d{1,6})\.(\d{1,6})(?:-([0-9A-Za-z.-]{1,40}))?$/;
-export const CHANNELS = ['stable', 'beta'] as const;
-export type Channel = (typeof CHANNELS)[number];
+/** A release version (MAJOR.MINOR.PATCH[-pre]), as the TUF repository names targets. */
+export const VERSION = RELEASE_VERSION;
+export { CHANNELS, type Channel } from '../tuf/index.ts';
 
 /** Defaults of a staged rollout: the first stage, and the failure rate that halts it. */
 export const FIRST_STAGE_PERCENT = 10;
 export const HALT_FAILURE_RATE = 0.2;
 
-/** Orders release versions (semver precedence: a pre-release is before its release). */
-export function compareVersions(a: string, b: string): number {
-  const x = VERSION.exec(a);
-  const y = VERSION.exec(b);
-  if (!x || !y) return a < b ? -1 : a > b ? 1 : 0;
-  for (let i = 1; i <= 3; i++) {
-    const d = Number(x[i]) - Number(y[i]);
-    if (d !== 0) return Math.sign(d);
-  }
-  if (x[4] === y[4]) return 0;
-  if (x[4] === undefined) return 1;
-  if (y[4] === undefined) return -1;
-  return x[4] < y[4] ? -1 : 1;
-}
+export { compareVersions };
 
 /**
  * Where a box falls in a release's rollout, in [0, 100): from a hash of the

@@ -4,32 +4,13 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 
 import { HoldfastError, errorCode, ioError } from '../../appliance/errors/index.ts';
+import { syncDir, writeFileAtomic as writeAtomic } from '../../appliance/storage/index.ts';
 
-/**
- * Writes a file atomically: a temp file in the same directory, written with
- * `mode`, fsynced, then linked (exclusive: HF_REPO_EXISTS when the name
- * exists) or renamed (replace) into place, and the directory fsynced. A
- * reader (the HTTP server handing metadata to boxes) sees the old file or the
- * whole new one, never a part.
- */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, opts: { mode: number; exclusive: boolean }): Promise<void> {
-  const dir = path.dirname(file);
-  const tmp = tempName(file);
-  try {
-    const fh = await fsp.open(tmp, 'wx', opts.mode);
-    try {
-      await fh.writeFile(data);
-      await fh.chmod(opts.mode); // open() applies the umask; set the mode exactly
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await place(tmp, file, opts.exclusive);
-    await syncDir(dir);
-  } catch (err) {
-    await fsp.unlink(tmp).catch(() => undefined);
-    throw ioError(`cannot write ${file}`, err);
-  }
+export { syncDir };
+
+/** storage's writeFileAtomic; an exclusive write that finds the name taken is HF_REPO_EXISTS. */
+export function writeFileAtomic(file: string, data: string | Uint8Array, opts: { mode: number; exclusive: boolean }): Promise<void> {
+  return writeAtomic(file, data, { ...opts, existsCode: 'HF_REPO_EXISTS' });
 }
 
 /** What copyFileAtomic copied: the bytes' length and digests (hex), taken from the bytes written. */
@@ -92,15 +73,6 @@ export async function moveFile(from: string, to: string): Promise<void> {
     await syncDir(path.dirname(from));
   } catch (err) {
     throw ioError(`cannot move ${from} to ${to}`, err);
-  }
-}
-
-export async function syncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 
