@@ -9,7 +9,7 @@ import path from 'node:path';
 import t from 'tap';
 import { Agent as HttpAgent, request } from 'undici';
 
-import { FleetClient, enrollBox, identityFiles } from '../appliance/agent/index.ts';
+import { FleetClient, enrollBox, identityFiles, installRelease, saveState, switchRelease } from '../appliance/agent/index.ts';
 import { lightRelease, startAgent, startChannel } from './helpers/fleet.ts';
 import { tmpDir } from './helpers/tmp.ts';
 
@@ -129,4 +129,25 @@ t.test('an update waits for the maintenance window (an upgrade command does not)
   const byId = new Map(detail.body.commands.map((c) => [c.id, c]));
   t.equal(byId.get(up.body.id)?.state, 'done', 'the upgrade is acknowledged done');
   t.match(byId.get(down.body.id), { state: 'failed', result: { error: { code: 'HF_UPDATE_DOWNGRADE' } } }, 'the downgrade is refused with HF_UPDATE_DOWNGRADE');
+});
+
+t.test('an agent that died between the switch and the health check finishes it at its next start: a failing release is rolled back and reported', async (t) => {
+  const ch = await startChannel(t);
+  const dir = tmpDir(t);
+  const v1 = await lightRelease(dir, '1.0.0');
+  const bad = await lightRelease(dir, '2.0.0', { broken: true });
+  await ch.publish(bad, '2.0.0', { percent: 0 });
+  const box = path.join(dir, 'box');
+  const first = await startAgent(t, { provisioning: await ch.provisioning(), bundle: v1, version: '1.0.0', dir: box });
+  // What the dead agent left: 2.0.0 unpacked, the update recorded, `current` switched, nothing checked yet.
+  await installRelease(first.root, bad, '2.0.0');
+  await saveState(first.dataDir, { ...first.agent.state, update: { channel: 'stable', from: '1.0.0', to: '2.0.0', phase: 'switched', at: new Date().toISOString() } });
+  await switchRelease(first.root, '2.0.0');
+  const second = await startAgent(t, { provisioning: await ch.provisioning(), bundle: v1, version: '1.0.0', dir: box });
+  t.equal(second.agent.identity.name, first.agent.identity.name, 'the same box (no second enrollment)');
+  t.equal(await second.agent.version(), '1.0.0', 'the unchecked release failed its health check and was rolled back');
+  t.equal(second.agent.state.update, null, 'the update record is cleared');
+  t.ok(second.agent.state.failedVersions.includes('2.0.0'), '2.0.0 is marked failed on the box');
+  const rel = await ch.vendor<{ releases: { version: string; reports: { outcome: string; detail: string }[] }[] }>('GET', '/v1/fleet/releases');
+  t.match(rel.body.releases.find((r) => r.version === '2.0.0')?.reports, [{ outcome: 'failed', detail: /broken runtime.*rolled back to 1\.0\.0/ }], 'and the failure is reported');
 });

@@ -1,5 +1,5 @@
 export { Agent, type AgentOptions, type UpdateOutcome, compareVersions, inMaintenanceWindow } from './agent.ts';
-export { type AgentState, loadState } from './agent-state.ts';
+export { type AgentState, loadState, saveState } from './agent-state.ts';
 export { type BoxIdentity, enrollBox, fetchEscrow, identityFiles, loadIdentity } from './box-identity.ts';
 export { FleetClient } from './fleet-client.ts';
 export { type Provisioning, readProvisioning } from './provisioning-file.ts';
