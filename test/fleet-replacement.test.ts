@@ -65,9 +65,22 @@ t.test('a replacement box gets its configuration back from escrow with the recov
 
   // ---- the replacement ----
   const p = await ch.provisioning({ replaces: name });
-  const boxB = await startAgent(t, { provisioning: p, bundle: release, version: '1.0.0', dir: path.join(dir, 'box-b') });
+  // The replacement boots: its engine starts empty (a repository and escrow key of its own) beside the agent.
+  const engineB = path.join(dir, 'box-b', 'engine');
+  const fresh = await startAppliance(t, { dataDir: engineB });
+  const boxB = await startAgent(t, { provisioning: p, bundle: release, version: '1.0.0', engine: fresh.local, dir: path.join(dir, 'box-b') });
   t.equal(boxB.agent.identity.name, name, 'the replacement enrolled under the first box\'s name (its tenant at the store)');
   t.ok(boxB.agent.identity.replacement, 'as a replacement');
+  await boxB.agent.heartbeat();
+  const held = await boxB.agent.fleet.getWithHeaders('/v1/escrow');
+  t.equal(held.headers['x-holdfast-escrow-version'], '1', 'before its restore, the replacement does not escrow its empty configuration over the lost box\'s');
+  t.ok(held.body.equals(escrowed), 'the fleet still hands out the lost box\'s escrow');
+  // Even if something had (an older agent): the restore finds the lost box's among the escrows the fleet keeps.
+  const foreign = await fresh.local.raw('GET', '/v1/escrow', {});
+  t.equal(foreign.statusCode, 200, 'the fresh engine can seal its own escrow');
+  await boxB.agent.fleet.putBuffer('/v1/escrow', Buffer.from(await foreign.body.arrayBuffer()));
+  t.equal((await boxB.agent.fleet.getWithHeaders('/v1/escrow')).headers['x-holdfast-escrow-version'], '2', 'a foreign escrow is now the newest');
+  await fresh.killEngine();
   const old = new FleetClient(ch.url, { ca: ch.ca, cert: oldIdentity.certPem, key: oldIdentity.keyPem });
   t.teardown(() => old.close());
   await t.rejects(old.call('GET', '/v1/whoami'), { code: 'HF_FLEET_UNAUTHORIZED' }, 'the lost box\'s certificate is revoked');
@@ -76,7 +89,6 @@ t.test('a replacement box gets its configuration back from escrow with the recov
   const wrongKey = path.join(dir, 'wrong.key');
   const other = await cli(['init', '--repo', path.join(dir, 'other-repo')], { HOLDFAST_PASSWORD: 'x' });
   fs.writeFileSync(wrongKey, `${/(([A-Z0-9]{5}-){10}[A-Z0-9]{5})/.exec(other.stdout + other.stderr)?.[1] ?? 'AAAAA'}\n`);
-  const engineB = path.join(dir, 'box-b', 'engine');
   const refused = await cli(['restore-box', '--agent-data-dir', boxB.dataDir, '--data-dir', engineB, '--recovery-key-file', wrongKey]);
   t.not(refused.code, 0, 'another repository\'s recovery key does not open the escrow');
   t.match(refused.stderr, /HF_ESCROW_LOCKED|HF_BAD_RECOVERY_KEY/, 'with a coded error');
@@ -84,6 +96,7 @@ t.test('a replacement box gets its configuration back from escrow with the recov
   t.equal(restored.code, 0, `restore-box: ${restored.stdout}${restored.stderr}`);
   t.match(restored.stdout, /1 sources, 1 schedules, 1 targets, 1 snapshots/, 'sources, schedules, targets and the snapshot are back');
 
+  t.ok(fs.existsSync(path.join(boxB.dataDir, 'replacement-restored')), 'restore-box marks the replacement restored');
   const b = await startAppliance(t, { dataDir: engineB });
   const sources = await b.local.call<{ sources: { name: string }[] }>('GET', '/v1/sources');
   t.same(sources.sources.map((s) => s.name), ['fileserver'], 'the engine has the source');
@@ -100,4 +113,10 @@ t.test('a replacement box gets its configuration back from escrow with the recov
   // The replacement replicates on as the same tenant: nothing new to send.
   const again = await b.local.call<{ job: { id: number } }>('POST', '/v1/jobs', { kind: 'replicate', subject: 'vendor' });
   t.equal((await waitJob(b.local, again.job.id)).state, 'done', 'and replicates to the same store as the same tenant');
+  // Restored, the replacement escrows its configuration again, for the same recovery key.
+  const after = await startAgent(t, { provisioning: p, bundle: release, version: '1.0.0', engine: b.local, dir: path.join(dir, 'box-b') });
+  await after.agent.heartbeat();
+  const newest = await after.agent.fleet.getWithHeaders('/v1/escrow');
+  t.equal(newest.headers['x-holdfast-escrow-version'], '3', 'the restored box escrows again');
+  t.ok(newest.body.subarray(40, 48).equals(escrowed.subarray(40, 48)), 'sealed for the same recovery key (the key id in the header)');
 });

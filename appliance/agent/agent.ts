@@ -9,7 +9,7 @@ import { EngineClient } from '../console/engine-client.ts';
 import { HoldfastError, errorCode } from '../errors/index.ts';
 import { parseWindows, rateAt } from '../replication/index.ts';
 import { type AgentState, type UpdateReportPending, loadState, saveState } from './agent-state.ts';
-import { type BoxIdentity, enrollBox, rotateIdentity } from './box-identity.ts';
+import { type BoxIdentity, RESTORED_MARKER, enrollBox, rotateIdentity } from './box-identity.ts';
 import { FleetClient } from './fleet-client.ts';
 import type { Provisioning } from './provisioning-file.ts';
 import { type ReleaseChannel, type ReleaseInfo, ReleaseFetcher } from './release-fetcher.ts';
@@ -239,6 +239,8 @@ export class Agent {
   async #escrow(): Promise<void> {
     if (!this.#o.engine || this.#now() - this.#lastEscrowTry < 60_000) return;
     this.#lastEscrowTry = this.#now();
+    // A replacement's own fresh engine must not become the newest escrow of the box it replaces before the restore.
+    if (this.identity.replacement && !fs.existsSync(path.join(this.dataDir, RESTORED_MARKER))) return;
     const r = await this.#o.engine.raw('GET', '/v1/escrow', {});
     if (r.statusCode === 404) {
       await r.body.dump();

@@ -87,14 +87,38 @@ export async function rotateIdentity(dataDir: string, current: BoxIdentity, clie
   return next;
 }
 
-/** The newest configuration escrow the fleet holds for this box (a replacement box gets the box's it replaced). */
-export async function fetchEscrow(dataDir: string): Promise<Buffer> {
+/**
+ * The configuration escrows the fleet holds for this box (a replacement box
+ * gets those of the box it replaced), newest first, as long as `accept`
+ * refuses them: a replacement box whose fresh engine escrowed its own empty
+ * configuration before the restore (the agent does not, but an older one
+ * might have) still finds the lost box's among the ten the fleet keeps.
+ */
+export async function fetchEscrow<T>(dataDir: string, accept: (blob: Buffer) => T): Promise<T> {
   const id = await loadIdentity(dataDir);
   if (!id) throw new HoldfastError('HF_USAGE', `the box is not enrolled (no identity in ${dataDir}): start holdfast-agent with its provisioning file first`);
   const client = new FleetClient(id.fleet, { ca: id.caPem, cert: id.certPem, key: id.keyPem });
   try {
-    return await client.getBuffer('/v1/escrow');
+    const newest = await client.getWithHeaders('/v1/escrow');
+    let version = Number(newest.headers['x-holdfast-escrow-version'] ?? 1);
+    let blob = newest.body;
+    for (;;) {
+      try {
+        return accept(blob);
+      } catch (err) {
+        if (errorCode(err) !== 'HF_ESCROW_LOCKED' || --version < 1) throw err;
+      }
+      try {
+        blob = await client.getBuffer(`/v1/escrow?version=${version}`);
+      } catch (err) {
+        if (errorCode(err) === 'HF_ESCROW_NOT_FOUND') throw new HoldfastError('HF_ESCROW_LOCKED', 'no configuration escrow the fleet holds for this box opens with this recovery key: is it the lost box\'s?', { cause: err });
+        throw err;
+      }
+    }
   } finally {
     await client.close();
   }
 }
+
+/** Written by `holdfast restore-box`: a replacement box escrows its configuration only after it was restored (or set up on purpose without). */
+export const RESTORED_MARKER = 'replacement-restored';

@@ -69,9 +69,13 @@ export class FleetClient {
   }
 
   async getBuffer(path: string): Promise<Buffer> {
+    return (await this.getWithHeaders(path)).body;
+  }
+
+  async getWithHeaders(path: string): Promise<{ body: Buffer; headers: Record<string, string | string[] | undefined> }> {
     const r = await this.#send('GET', path, undefined, undefined);
     if (r.statusCode >= 400) return FleetClient.#fail(r, `GET ${path}`);
-    return Buffer.from(await r.body.arrayBuffer());
+    return { body: Buffer.from(await r.body.arrayBuffer()), headers: r.headers };
   }
 
   async putBuffer<T = Record<string, unknown>>(path: string, data: Buffer): Promise<T> {

@@ -1,6 +1,6 @@
 export { Agent, type AgentOptions, type UpdateOutcome, compareVersions, inMaintenanceWindow } from './agent.ts';
 export { type AgentState, loadState, saveState } from './agent-state.ts';
-export { type BoxIdentity, enrollBox, fetchEscrow, identityFiles, loadIdentity } from './box-identity.ts';
+export { type BoxIdentity, RESTORED_MARKER, enrollBox, fetchEscrow, identityFiles, loadIdentity } from './box-identity.ts';
 export { FleetClient } from './fleet-client.ts';
 export { type Provisioning, readProvisioning } from './provisioning-file.ts';
 export { ReleaseFetcher } from './release-fetcher.ts';

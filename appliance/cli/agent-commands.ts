@@ -64,17 +64,18 @@ export function registerAgentCommands(program: Command, ctx: CommandContext): vo
     .option('--data-dir <dir>', 'the engine\'s data directory to set up (new, or not configured)', '/var/lib/holdfast')
     .addHelpText('after', '\nThe recovery key printed at the old box\'s setup: --recovery-key-file FILE (or HOLDFAST_RECOVERY_KEY).')
     .action(ctx.action(async (g: GlobalOptions, o: { agentDataDir: string; dataDir: string }) => {
-      const [{ fetchEscrow, identityFiles }, { restoreFromEscrow }, { readSecretFile }] = await Promise.all([
-        import('../agent/index.ts'), import('../engine/index.ts'), import('./context.ts'),
+      const [{ RESTORED_MARKER, fetchEscrow, identityFiles }, { restoreFromEscrow }, { readSecretFile }, { openEscrow }] = await Promise.all([
+        import('../agent/index.ts'), import('../engine/index.ts'), import('./context.ts'), import('../escrow/index.ts'),
       ]);
       const recoveryKey = g.recoveryKeyFile ? readSecretFile(g.recoveryKeyFile, 'recovery key') : process.env.HOLDFAST_RECOVERY_KEY;
       if (!recoveryKey) throw new HoldfastError('HF_NO_PASSWORD', 'no recovery key: pass --recovery-key-file FILE (or set HOLDFAST_RECOVERY_KEY): the one printed at the old box\'s setup');
-      const escrow = await fetchEscrow(path.resolve(o.agentDataDir));
+      const escrow = await fetchEscrow(path.resolve(o.agentDataDir), (blob) => { openEscrow(blob, recoveryKey); return blob; });
       const id = identityFiles(path.resolve(o.agentDataDir));
       const r = await restoreFromEscrow({
         dataDir: path.resolve(o.dataDir), escrow, recoveryKey, identity: { cert: id.cert, key: id.key, ca: id.ca }, signal: ctx.signal,
         onProgress: (m) => ctx.out().note(m),
       });
+      await fsp.writeFile(path.join(path.resolve(o.agentDataDir), RESTORED_MARKER), `${new Date().toISOString()}\n`, { mode: 0o600 });
       ctx.out().line(`restored: ${r.sources} sources, ${r.schedules} schedules, ${r.targets} targets, ${r.snapshots} snapshots (cloned from ${r.clonedFrom}); start holdfast-engine`);
       ctx.out().result(r);
       return ctx.exit.ok;

@@ -275,10 +275,10 @@ export class FleetService {
     return { version: await this.store.putEscrow({ box: box.name, at: this.clock.now(), sha256, blob }, ESCROW_KEEP), sha256 };
   }
 
-  async getEscrow(box: BoxRecord, version?: number): Promise<Buffer> {
+  async getEscrow(box: BoxRecord, version?: number): Promise<{ blob: Buffer; version: number }> {
     const e = await this.store.escrow(box.name, version);
     if (!e) throw new HoldfastError('HF_ESCROW_NOT_FOUND', `the fleet holds no configuration escrow for ${box.name}${version ? ` (version ${version})` : ''}`);
-    return e.blob;
+    return { blob: e.blob, version: e.version };
   }
 
   /** Revokes a box: every certificate it has goes on the CRL, and every request gets 401. */

@@ -133,8 +133,8 @@ export async function startChannelServer(o: ChannelServerOptions): Promise<Chann
   });
   app.get('/v1/escrow', { preHandler: box }, async (req, reply) => {
     const v = (req.query as { version?: string }).version;
-    const blob = await o.fleet.getEscrow(req.box!, v ? Number(v) : undefined);
-    return reply.type('application/octet-stream').send(blob);
+    const e = await o.fleet.getEscrow(req.box!, v ? Number(v) : undefined);
+    return reply.type('application/octet-stream').header('x-holdfast-escrow-version', String(e.version)).send(e.blob);
   });
   app.get('/v1/whoami', { preHandler: box }, async (req) => ({ name: req.box!.name, channel: req.box!.channel }));
 
