@@ -11,6 +11,7 @@ import { Agent as HttpAgent, request } from 'undici';
 
 import { FleetClient, enrollBox, identityFiles, installRelease, saveState, switchRelease } from '../appliance/agent/index.ts';
 import { lightRelease, startAgent, startChannel } from './helpers/fleet.ts';
+import { cli } from './helpers/cli.ts';
 import { tmpDir } from './helpers/tmp.ts';
 
 t.test('enrollment: a one-time token gives a certificate for a key made on the box; reused, expired and unknown tokens are refused', async (t) => {
@@ -150,4 +151,29 @@ t.test('an agent that died between the switch and the health check finishes it a
   t.ok(second.agent.state.failedVersions.includes('2.0.0'), '2.0.0 is marked failed on the box');
   const rel = await ch.vendor<{ releases: { version: string; reports: { outcome: string; detail: string }[] }[] }>('GET', '/v1/fleet/releases');
   t.match(rel.body.releases.find((r) => r.version === '2.0.0')?.reports, [{ outcome: 'failed', detail: /broken runtime.*rolled back to 1\.0\.0/ }], 'and the failure is reported');
+});
+
+t.test('`holdfast agent --once` as a process: enrolls from the provisioning file, heartbeats, and keeps its identity on the next start', async (t) => {
+  const ch = await startChannel(t);
+  const dir = tmpDir(t);
+  const root = path.join(dir, 'opt');
+  await installRelease(root, await lightRelease(dir, '1.0.0'), '1.0.0');
+  await switchRelease(root, '1.0.0');
+  const p = await ch.provisioning();
+  const file = path.join(dir, 'provisioning.json');
+  await fsp.writeFile(file, JSON.stringify(p));
+  const args = ['agent', '--once', '--data-dir', path.join(dir, 'agent'), '--install-root', root, '--provisioning', file, '--engine-token-file', path.join(dir, 'none')];
+  const first = await cli(args);
+  t.equal(first.code, 0, `the agent ran: ${first.stderr.slice(-300)}`);
+  const name = JSON.parse(await fsp.readFile(path.join(dir, 'agent', 'identity.json'), 'utf8')).name as string;
+  const view = await ch.vendor<{ boxes: { name: string; version: string; lastHeartbeat: string | null }[] }>('GET', '/v1/fleet/boxes');
+  t.match(view.body.boxes, [{ name, version: '1.0.0' }], 'enrolled, and its heartbeat is in the fleet view');
+  t.ok(view.body.boxes[0]!.lastHeartbeat, 'with its time');
+  const second = await cli(args);
+  t.equal(second.code, 0, 'a second start runs (the token is used up: it does not enroll again)');
+  t.equal((await ch.vendor<{ boxes: unknown[] }>('GET', '/v1/fleet/boxes')).body.boxes.length, 1, 'still one box');
+  await fsp.rm(path.join(dir, 'agent'), { recursive: true });
+  const third = await cli(args);
+  t.not(third.code, 0, 'with its identity gone, the used token cannot enroll it again');
+  t.match(third.stderr, /HF_ENROLL_TOKEN/, 'HF_ENROLL_TOKEN says so');
 });
