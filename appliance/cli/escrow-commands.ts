@@ -9,7 +9,7 @@ import { type EscrowConfig, maskEscrowConfig, openEscrow, readEscrowHeader } fro
 import { type GlobalOptions, readSecretFile } from './context.ts';
 import { bytes } from './output.ts';
 import type { CommandContext } from './replication-commands.ts';
-import { dataDir } from './service-commands.ts';
+import { withLocalEngine } from './service-commands.ts';
 
 /** The recovery key: the global --recovery-key-file, else HOLDFAST_RECOVERY_KEY. */
 function recoveryKey(g: GlobalOptions): string {
@@ -26,23 +26,7 @@ function readEscrowFile(file: string): Buffer {
   }
 }
 
-/** The engine's API as the box itself (DATA_DIR/local.token, root only). */
-async function withEngine<T>(o: { dataDir?: string }, fn: (c: import('../console/index.ts').EngineClient) => Promise<T>): Promise<T> {
-  const dir = dataDir(o);
-  let token: string;
-  try {
-    token = (await fsp.readFile(path.join(dir, 'local.token'), 'utf8')).trim();
-  } catch (err) {
-    throw new HoldfastError('HF_ENGINE_UNAVAILABLE', `cannot read ${path.join(dir, 'local.token')} (${(err as Error).message}): run as root on the appliance, with --data-dir if it is elsewhere`);
-  }
-  const { EngineClient } = await import('../console/index.ts');
-  const c = new EngineClient(path.join(dir, 'engine.sock'), `Local ${token}`);
-  try {
-    return await fn(c);
-  } finally {
-    await c.close();
-  }
-}
+const withEngine = withLocalEngine;
 
 /** A configuration with its secrets masked, as lines for people. */
 function describe(c: EscrowConfig): string[] {

@@ -32,6 +32,25 @@ export function listenAddress(value: string | undefined): { host: string; port: 
   return { host: m[1] ?? m[2]!, port };
 }
 
+/** The engine's API as the box itself (DATA_DIR/local.token, root only). */
+export async function withLocalEngine<T>(o: { dataDir?: string }, fn: (c: import('../console/index.ts').EngineClient) => Promise<T>): Promise<T> {
+  const dir = dataDir(o);
+  const fs = await import('node:fs/promises');
+  let token: string;
+  try {
+    token = (await fs.readFile(path.join(dir, 'local.token'), 'utf8')).trim();
+  } catch (err) {
+    throw new HoldfastError('HF_ENGINE_UNAVAILABLE', `cannot read ${path.join(dir, 'local.token')} (${(err as Error).message}): run as root on the appliance, with --data-dir if it is elsewhere`);
+  }
+  const { EngineClient } = await import('../console/index.ts');
+  const c = new EngineClient(path.join(dir, 'engine.sock'), `Local ${token}`);
+  try {
+    return await fn(c);
+  } finally {
+    await c.close();
+  }
+}
+
 /** `holdfast engine` (holdfast-engine): the appliance's engine service. */
 export function registerServiceCommands(program: Command, ctx: CommandContext): void {
   program.command('engine')
@@ -125,23 +144,7 @@ export function registerConsoleCommands(program: Command, ctx: CommandContext): 
 
   // ---- console users, from the box itself (the way back in when no admin can log in) ----
   const user = program.command('user').description('console users, through the engine\'s socket with DATA_DIR/local.token (root on the box)');
-  const local = async <T>(o: { dataDir?: string }, fn: (c: import('../console/index.ts').EngineClient) => Promise<T>): Promise<T> => {
-    const dir = dataDir(o);
-    const fs = await import('node:fs/promises');
-    let token: string;
-    try {
-      token = (await fs.readFile(path.join(dir, 'local.token'), 'utf8')).trim();
-    } catch (err) {
-      throw new HoldfastError('HF_ENGINE_UNAVAILABLE', `cannot read ${path.join(dir, 'local.token')} (${(err as Error).message}): run as root on the appliance, with --data-dir if it is elsewhere`);
-    }
-    const { EngineClient } = await import('../console/index.ts');
-    const c = new EngineClient(path.join(dir, 'engine.sock'), `Local ${token}`);
-    try {
-      return await fn(c);
-    } finally {
-      await c.close();
-    }
-  };
+  const local = withLocalEngine;
   user.command('list')
     .description('list the console\'s users and roles')
     .option('--data-dir <dir>', 'data directory (or HOLDFAST_DATA_DIR)')
