@@ -577,15 +577,16 @@ export async function benchFleet(work: string): Promise<FleetSummary> {
       inFlight++;
       maxInFlight = Math.max(maxInFlight, inFlight);
       // A real box's connection (undici, 20 s keep-alive) has closed when its next heartbeat comes:
-      // each heartbeat is a new TCP connection and a full TLS handshake (no session to resume).
+      // each heartbeat is a new TCP connection and a full TLS handshake (undici holds TLS sessions
+      // through a WeakRef only: after 5 idle minutes a box may well have none to offer).
       // The generator does not verify the service's certificate here (the agent does; enrollment
       // and the vendor calls below do too): that costs the client ~1 ms of CPU per connection,
       // on the cores the service needs, and nothing on the service's side of the handshake.
       const agent = new https.Agent({ keepAlive: true, maxSockets: 1, maxCachedSessions: 0, rejectUnauthorized: false, cert: b.certPem, key: b.keyPem });
       let nextSeconds = intervalSeconds;
-      // resume: the agent's undici keeps the session its last full handshake got (a resumed one
-      // gets no new ticket) and offers it; the service takes it while the ticket is good, i.e.
-      // when that handshake began less than ticketSeconds ago in uncompressed time.
+      // resume: a box keeps the session its last full handshake got (a resumed one gets no new
+      // ticket) and offers it; the service takes it while the ticket is good, i.e. when that
+      // handshake began less than ticketSeconds ago in uncompressed time.
       const started = performance.now();
       const offer = cfg.tls === 'resume' && b.session !== null && (started - b.sessionAt) * cfg.compress < cfg.ticketSeconds * 1000 ? b.session : null;
       try {
