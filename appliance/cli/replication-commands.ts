@@ -84,7 +84,7 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
   const { action } = ctx;
   const out = () => ctx.out();
 
-  const pki = program.command('pki').description('a certificate authority for stores and appliances (until fleet enrollment issues them)');
+  const pki = program.command('pki').description('a certificate authority for stores and appliances, by hand (enrolled boxes get theirs from the fleet)');
   pki.command('init')
     .description('create a CA in DIR (ca.crt, ca.key, crl.pem)')
     .requiredOption('--dir <dir>', 'directory for the CA')
