@@ -53,6 +53,8 @@ for (const [name, open] of Object.entries(implementations)) {
 
     for (let i = 1; i <= 4; i++) await s.putEscrow({ box: 'b1', at: i, sha256: `s${i}`, blob: Buffer.from(`e${i}`) }, 3);
     t.equal((await s.escrow('b1'))?.blob.toString(), 'e4', 'the newest escrow');
+    t.same(await s.escrowInfo('b1'), { version: 4, sha256: 's4' }, 'its version and hash alone');
+    t.equal(await s.escrowInfo('b2'), null, 'none for a box without one');
     t.equal((await s.escrow('b1', 2))?.blob.toString(), 'e2', 'older versions are kept');
     t.equal(await s.escrow('b1', 1), null, 'up to the limit');
 

@@ -221,7 +221,7 @@ export class FleetService {
     const commands = (await this.store.takeCommands(box.name, now)).map((c: CommandRecord) => ({ id: c.id, kind: c.kind, args: c.args }));
     const rel = releaseFor(box.name, r.channel, r.version, await this.#releaseList());
     if (rel) await this.store.recordOffer(box.name, rel.channel, rel.version, now);
-    const e = await this.store.escrow(box.name);
+    const e = await this.store.escrowInfo(box.name);
     return {
       commands,
       update: rel ? { channel: rel.channel, version: rel.version } : null,
@@ -270,7 +270,7 @@ export class FleetService {
   async putEscrow(box: BoxRecord, blob: Buffer): Promise<{ version: number; sha256: string }> {
     if (blob.length === 0 || blob.length > ESCROW_MAX) throw new HoldfastError('HF_INVALID_ARGUMENT', `an escrow is 1 byte to ${ESCROW_MAX >> 20} MiB`);
     const sha256 = createHash('sha256').update(blob).digest('hex');
-    const last = await this.store.escrow(box.name);
+    const last = await this.store.escrowInfo(box.name);
     if (last?.sha256 === sha256) return { version: last.version, sha256 };
     return { version: await this.store.putEscrow({ box: box.name, at: this.clock.now(), sha256, blob }, ESCROW_KEEP), sha256 };
   }

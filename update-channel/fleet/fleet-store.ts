@@ -133,6 +133,8 @@ export interface FleetStore {
   /** Adds an escrow version (the previous ones are kept: `keep` newest). */
   putEscrow(e: Omit<EscrowRecord, 'version'>, keep: number): Promise<number>;
   escrow(box: BoxName, version?: number): Promise<EscrowRecord | null>;
+  /** The newest escrow's version and hash, without its bytes (every heartbeat answer names it). */
+  escrowInfo(box: BoxName): Promise<{ version: number; sha256: string } | null>;
 
   putRelease(r: ReleaseRecord): Promise<void>;
   release(channel: string, version: string): Promise<ReleaseRecord | null>;

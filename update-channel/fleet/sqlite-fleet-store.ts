@@ -209,6 +209,11 @@ export class SqliteFleetStore implements FleetStore {
     return r ? { box: String(r.box), version: Number(r.version), at: Number(r.at), sha256: String(r.sha256), blob: r.blob as Buffer } : null;
   }
 
+  async escrowInfo(box: BoxName): Promise<{ version: number; sha256: string } | null> {
+    const r = await this.#db.get<{ version: number; sha256: string }>('SELECT version, sha256 FROM escrows WHERE box = ? ORDER BY version DESC LIMIT 1', [box]);
+    return r ? { version: Number(r.version), sha256: String(r.sha256) } : null;
+  }
+
   async putRelease(r: ReleaseRecord): Promise<void> {
     const x = await this.#db.run('INSERT OR IGNORE INTO releases (channel, version, published, percent, halted, halt_reason) VALUES (?, ?, ?, ?, ?, ?)',
       [r.channel, r.version, r.published, r.percent, r.halted, r.haltReason]);
