@@ -12,7 +12,10 @@ cd "$(dirname "$0")/.."
 # replication benchmark's peer (rsync -a over ssh). chromium and fonts: the
 # console's browser test drives Debian's chromium headless (playwright-core).
 # systemd: systemd-analyze, which the unit-file test runs (verify, security).
-PACKAGES="build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba samba-vfs-modules smbclient openssh-server openssh-client rsync chromium fonts-dejavu-core fonts-liberation systemd"
+# qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base: the network-boot tests
+# (a VM booting from the boot server); debootstrap, squashfs-tools, cpio: the
+# appliance image build (provisioning/).
+PACKAGES="qemu-system-x86 ipxe-qemu ipxe ovmf dnsmasq-base debootstrap squashfs-tools cpio build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba samba-vfs-modules smbclient openssh-server openssh-client rsync chromium fonts-dejavu-core fonts-liberation systemd"
 
 if [ "$(id -u)" -eq 0 ]; then
   SUDO=""
