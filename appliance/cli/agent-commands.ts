@@ -81,6 +81,24 @@ export function registerAgentCommands(program: Command, ctx: CommandContext): vo
       return ctx.exit.ok;
     }));
 
+  program.command('box-banner')
+    .description('print what the box\'s screen shows: the console\'s address and certificate fingerprint, the release and the fleet enrollment (run by holdfast-banner at boot)')
+    .option('--console <host:port>', 'the console to ask for its certificate', '127.0.0.1:8443')
+    .option('--agent-data-dir <dir>', 'the agent\'s directory (its identity)', '/var/lib/holdfast-agent')
+    .option('--install-root <dir>', 'where releases are installed', '/opt/holdfast')
+    .option('--issue <file>', 'also write the banner there (agetty shows /etc/issue.d/*.issue above the login prompt)')
+    .action(ctx.action(async (_g: GlobalOptions, o: { console: string; agentDataDir: string; installRoot: string; issue?: string }) => {
+      const { boxBanner } = await import('./box-banner.ts');
+      const text = await boxBanner(o);
+      if (o.issue) {
+        await fsp.mkdir(path.dirname(o.issue), { recursive: true });
+        await fsp.writeFile(`${o.issue}.tmp`, `${text.replace(/\\/g, '\\\\')}\n`);
+        await fsp.rename(`${o.issue}.tmp`, o.issue);
+      }
+      ctx.out().line(text);
+      return ctx.exit.ok;
+    }));
+
   program.command('self-test')
     .description('check this release works on this box: runtime, native addon, and the engine answering (run by the agent after an update)')
     .option('--engine-socket <path>', 'also check the engine answers on its socket')

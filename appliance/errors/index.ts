@@ -85,6 +85,7 @@ export const ErrorCodes = {
   HF_ESCROW_LOCKED: 'the configuration escrow does not open with this recovery key',
   HF_ESCROW_NOT_FOUND: 'the fleet holds no configuration escrow for the box',
   HF_WORKER_FAILED: 'a job\'s worker process ended without finishing the job (killed, out of memory, crashed)',
+  HF_IMAGE_BUILD: 'building the appliance image failed (a build tool, the Debian mirror or the npm registry; the message names the step)',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
