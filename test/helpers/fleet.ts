@@ -46,12 +46,12 @@ export interface Channel {
   publish(bundle: string, version: string, o?: { channel?: string; percent?: number }): Promise<void>;
 }
 
-/** A channel made with `init` and run with `serve` as its own process on 127.0.0.1 (killed by pid at teardown). */
-export async function startChannel(t: Test, o: { heartbeatSeconds?: number; extraArgs?: string[] } = {}): Promise<Channel> {
+/** A channel made with `init` (its certificate for `hosts`, default localhost and loopback) and run with `serve` as its own process on 127.0.0.1 (killed by pid at teardown). */
+export async function startChannel(t: Test, o: { heartbeatSeconds?: number; extraArgs?: string[]; hosts?: string[] } = {}): Promise<Channel> {
   const base = tmpDir(t, 'hf-channel-');
   const dir = path.join(base, 'channel');
   const offlineKeys = path.join(base, 'offline-keys');
-  const init = await channelCli(['init', '--dir', dir, '--offline-keys', offlineKeys]);
+  const init = await channelCli(['init', '--dir', dir, '--offline-keys', offlineKeys, ...(o.hosts ? ['--host', o.hosts.join(',')] : [])]);
   if (init.code !== 0) throw new Error(`channel init failed: ${init.stderr}`);
   const child = spawn(NODE, [CHANNEL, 'serve', '--dir', dir, '--listen', '127.0.0.1:0', '--heartbeat-seconds', String(o.heartbeatSeconds ?? 300), ...(o.extraArgs ?? [])],
     { stdio: ['ignore', 'pipe', 'pipe'] });
