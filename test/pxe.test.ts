@@ -123,11 +123,12 @@ t.test('a box boots from the network with an empty disk, installs itself, enroll
     'iPXE fetched the script, the kernel and both initrds over HTTP');
   t.ok(server.requests.some((r) => r.path === '/filesystem.squashfs' && r.status === 200), 'the live system fetched the root file system');
 
-  // After the reboot from disk: systemd prints "Started" for a Type=notify unit only once it sent READY=1.
-  for (const unit of ['holdfast-engine.service', 'holdfast-console.service', 'holdfast-agent.service']) {
-    await vm.waitSerial(new RegExp(`Started ${unit.replace('.', '\\.')}`), 240_000, `${unit} reports READY under systemd`);
-  }
-  const banner = await vm.waitSerial(/Console: (https:\/\/(\d+\.\d+\.\d+\.\d+):8443\/)[\s\S]*?Console certificate: (SHA256:[0-9A-F:]+)[\s\S]*?Fleet: enrolled as (\S+)/, 120_000, 'the box shows its console address, fingerprint and enrollment');
+  // After the reboot from disk: holdfast-banner runs after the three Type=notify units, and prints
+  // systemd's states of them (active = it sent READY=1), the console's address and its certificate.
+  const banner = await vm.waitSerial(/Console: (https:\/\/(\d+\.\d+\.\d+\.\d+):8443\/)[\s\S]*?Console certificate: (SHA256:[0-9A-F:]+)[\s\S]*?Services: (.*)[\s\S]*?Fleet: enrolled as (\S+)/,
+    600_000, 'the box shows its console address, fingerprint, services and enrollment');
+  t.equal(banner[4]!.trim(), 'holdfast-engine.service active, holdfast-console.service active, holdfast-agent.service active', 'engine, console and agent are READY under systemd');
+  banner.splice(4, 1);
   const [, consoleUrl, boxIp, fingerprint, boxName] = banner as unknown as [string, string, string, string, string];
   t.pass(`the box came up and enrolled ${((Date.now() - started) / 1000).toFixed(0)} s after power-on: ${consoleUrl}, ${boxName}`);
   const served = await new Promise<string>((resolve, reject) => {

@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import os from 'node:os';
 import tls from 'node:tls';
 
@@ -10,14 +11,15 @@ import { currentRelease, loadIdentity } from '../agent/index.ts';
  * console itself, so that it cannot disagree with what the browser is shown),
  * the release, and whether the box is enrolled with the fleet.
  */
-export async function boxBanner(o: { console: string; agentDataDir: string; installRoot: string }): Promise<string> {
+export async function boxBanner(o: { console: string; agentDataDir: string; installRoot: string; waitMs?: number }): Promise<string> {
   const m = /^(.*):(\d+)$/.exec(o.console);
   const host = m?.[1] ?? '127.0.0.1';
   const port = Number(m?.[2] ?? 8443);
-  const [fingerprint, release, identity] = await Promise.all([
-    consoleFingerprint(host, port).catch((err: Error) => `unavailable (${err.message}; see: journalctl -u holdfast-console)`),
+  const [fingerprint, release, identity, services] = await Promise.all([
+    retry(() => consoleFingerprint(host, port), o.waitMs ?? 60_000).catch((err: Error) => `unavailable (${err.message}; see: journalctl -u holdfast-console)`),
     currentRelease(o.installRoot).catch(() => null),
     loadIdentity(o.agentDataDir).catch(() => null),
+    unitStates(SERVICE_UNITS),
   ]);
   const addresses = Object.values(os.networkInterfaces()).flat()
     .filter((a): a is os.NetworkInterfaceInfo => !!a && !a.internal && a.family === 'IPv4')
@@ -28,6 +30,7 @@ export async function boxBanner(o: { console: string; agentDataDir: string; inst
       ? addresses.map((a) => `Console: https://${a}:${port}/`)
       : ['Console: no network address yet (is the cable in, and does the network hand out addresses by DHCP?)']),
     `Console certificate: ${fingerprint}`,
+    `Services: ${services}`,
     identity
       ? `Fleet: enrolled as ${identity.name} with ${identity.fleet} (${identity.enrolled})`
       : 'Fleet: not enrolled yet (see: journalctl -u holdfast-agent)',
@@ -46,4 +49,29 @@ function consoleFingerprint(host: string, port: number): Promise<string> {
     s.setTimeout(10_000, () => s.destroy(new Error('no answer within 10 s')));
     s.on('error', reject);
   });
+}
+
+const SERVICE_UNITS = ['holdfast-engine.service', 'holdfast-console.service', 'holdfast-agent.service'];
+
+/** "UNIT STATE, …" as systemd has them (active for a Type=notify unit means it sent READY=1); "unknown" off systemd. */
+function unitStates(units: string[]): Promise<string> {
+  return new Promise((resolve) => {
+    execFile('systemctl', ['is-active', ...units], { timeout: 10_000, encoding: 'utf8' }, (_err, stdout) => {
+      const states = (stdout ?? '').trim().split('\n');
+      resolve(units.map((u, i) => `${u} ${states[i] || 'unknown'}`).join(', '));
+    });
+  });
+}
+
+/** The console may still be starting when the banner runs (a unit that failed is restarted): try for up to `ms`. */
+async function retry<T>(f: () => Promise<T>, ms: number): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      return await f();
+    } catch (err) {
+      if (Date.now() > end) throw err;
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
 }

@@ -108,9 +108,7 @@ async function treeHash(dir: string): Promise<string> {
 
 function run(cmd: string, args: string[], o: { log?: (l: string) => void; env?: NodeJS.ProcessEnv; what: string }): Promise<string> {
   return new Promise((resolve, reject) => {
-    // Not the caller's NODE_OPTIONS (a test runner's loader hooks): the release's runtime runs inside the image.
-    const { NODE_OPTIONS: _drop, ...parent } = process.env;
-    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...parent, ...o.env } });
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });
     let out = '';
     let tail = '';
     const take = (d: Buffer) => {
@@ -257,8 +255,11 @@ export async function buildImage(o: ImageOptions): Promise<BuiltImage> {
     ...units, 'holdfast-firstboot.service', 'holdfast-banner.service', 'holdfast-install.service'];
   await run('systemctl', [`--root=${root}`, 'enable', ...enable], { env, what: 'systemctl enable' });
   // The release must run on this system (libraries the runtime links): its own self-test, in the image.
-  await run('chroot', [root, '/opt/holdfast/current/bin/node', '/opt/holdfast/current/appliance/cli/holdfast.mjs', 'self-test'], { env, what: 'the release\'s self-test inside the image' });
+  // env -u: a test runner's loader hooks (NODE_OPTIONS, re-added to every child by its spawn hook) are not in the image.
+  await run('chroot', [root, '/usr/bin/env', '-u', 'NODE_OPTIONS', '/opt/holdfast/current/bin/node', '/opt/holdfast/current/appliance/cli/holdfast.mjs', 'self-test'], { env, what: 'the release\'s self-test inside the image' });
   await cleanRoot(root, i.sde);
+  // A persistent journal: what the services logged survives a reboot (and can be read off the disk).
+  await fsp.mkdir(path.join(root, 'var', 'log', 'journal'), { recursive: true });
   const packages = await run('chroot', [root, 'dpkg-query', '-W', '-f', '${Package} ${Version}\\n'], { env, what: 'dpkg-query' });
   const kernel = (await fsp.readdir(path.join(root, 'boot'))).filter((f) => f.startsWith('vmlinuz-')).sort().at(-1);
   if (!kernel) throw new HoldfastError('HF_IMAGE_BUILD', 'the base layer has no kernel in /boot');
