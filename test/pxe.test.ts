@@ -116,7 +116,7 @@ t.test('a box boots from the network with an empty disk, installs itself, enroll
   const vm = await startVm(t, { lan, disk, serialLog: serial1, memoryMiB: 2048 });
   await vm.waitSerial(/Holdfast network boot from/, 90_000, 'iPXE runs the boot server\'s script');
   await vm.waitSerial(/holdfast-install: installing onto \/dev\/vda/, 180_000, 'the live system starts the installer');
-  await vm.waitSerial(/holdfast-install: done/, 300_000, 'the installer writes the disk');
+  await vm.waitSerial(/holdfast-install: done/, 900_000, 'the installer writes the disk');
   const installSeconds = (Date.now() - started) / 1000;
   t.pass(`network boot and install took ${installSeconds.toFixed(0)} s`);
   t.same(server.requests.filter((r) => r.status === 200).map((r) => r.path).slice(0, 4), ['/boot.ipxe', '/vmlinuz', '/initrd.img', '/provisioning.cpio.gz'],
@@ -126,7 +126,7 @@ t.test('a box boots from the network with an empty disk, installs itself, enroll
   // After the reboot from disk: holdfast-banner runs after the three Type=notify units, and prints
   // systemd's states of them (active = it sent READY=1), the console's address and its certificate.
   const banner = await vm.waitSerial(/Console: (https:\/\/(\d+\.\d+\.\d+\.\d+):8443\/)[\s\S]*?Console certificate: (SHA256:[0-9A-F:]+)[\s\S]*?Services: (.*)[\s\S]*?Fleet: enrolled as (\S+)/,
-    600_000, 'the box shows its console address, fingerprint, services and enrollment');
+    900_000, 'the box shows its console address, fingerprint, services and enrollment');
   t.equal(banner[4]!.trim(), 'holdfast-engine.service active, holdfast-console.service active, holdfast-agent.service active', 'engine, console and agent are READY under systemd');
   banner.splice(4, 1);
   const [, consoleUrl, boxIp, fingerprint, boxName] = banner as unknown as [string, string, string, string, string];
@@ -150,7 +150,7 @@ t.test('a box boots from the network with an empty disk, installs itself, enroll
   // 5. A new release: the box updates and comes back on it (systemd restarts the units; READY; self-test).
   await ch.publish(v2.file, '2.0.0', { percent: 100 });
   started = Date.now();
-  const updated = await until('the box runs 2.0.0', 300_000, async () => {
+  const updated = await until('the box runs 2.0.0', 600_000, async () => {
     const r = await ch.vendor<{ releases: FleetRelease[] }>('GET', '/v1/fleet/releases');
     const rel = r.body.releases.find((x) => x.version === '2.0.0');
     const b = (await ch.vendor<{ boxes: FleetBox[] }>('GET', '/v1/fleet/boxes')).body.boxes.find((x) => x.name === boxName);
@@ -161,7 +161,7 @@ t.test('a box boots from the network with an empty disk, installs itself, enroll
   // 6. A broken release (its engine exits at start): rolled back to 2.0.0, reported failed.
   await ch.publish(v3.file, '3.0.0', { percent: 100 });
   started = Date.now();
-  const failed = await until('the broken 3.0.0 is rolled back and reported', 400_000, async () => {
+  const failed = await until('the broken 3.0.0 is rolled back and reported', 600_000, async () => {
     const r = await ch.vendor<{ releases: FleetRelease[] }>('GET', '/v1/fleet/releases');
     const rel = r.body.releases.find((x) => x.version === '3.0.0');
     return rel?.reports.some((x) => x.outcome === 'failed') ? rel : null;
@@ -178,7 +178,7 @@ t.test('a box boots from the network with an empty disk, installs itself, enroll
   const shutAt = Date.now();
   const serial2 = path.join(ARTIFACTS, 'serial-boot2.log');
   const vm2 = await startVm(t, { lan, disk, serialLog: serial2, memoryMiB: 2048 });
-  const banner2 = await vm2.waitSerial(/Fleet: enrolled as (\S+) with \S+ \(([^)]+)\)/, 240_000, 'the box boots again from its disk');
+  const banner2 = await vm2.waitSerial(/Fleet: enrolled as (\S+) with \S+ \(([^)]+)\)/, 900_000, 'the box boots again from its disk');
   t.equal(banner2[1], boxName, 'the same box name after the reboot');
   const firstEnrolled = /Fleet: enrolled as \S+ with \S+ \(([^)]+)\)/.exec(await fsp.readFile(serial1, 'utf8'))?.[1];
   t.equal(banner2[2], firstEnrolled, 'enrolled once: the enrollment date is the first boot\'s');

@@ -25,7 +25,7 @@ export const ROOTFS_OVERLAY = path.join(import.meta.dirname, 'rootfs');
 const APP_ROOT = path.resolve(import.meta.dirname, '..', '..');
 const UNITS_DIR = path.join(APP_ROOT, 'appliance', 'systemd');
 /** Bumped when the recipe below changes in a way the hashed inputs do not show. */
-const RECIPE = 3;
+const RECIPE = 4;
 
 /** What the base layer installs (debootstrap --variant=minbase --include=…). */
 export const BASE_PACKAGES = [
