@@ -24,6 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Test } from 'tap';
 
 import type { BootRequest } from '../../provisioning/boot/boot-server.ts';
+import { startLifeline } from './lifeline.ts';
 
 export const LAN_NETWORK = '192.168.77.0/24';
 export const ROUTER_ADDRESS = '192.168.77.1';
@@ -164,34 +165,15 @@ function deleteStale(prefix: string): void {
  * end however the process dies; it also removes the LAN's directory.
  * cut() ends it without doing anything.
  */
-function startLifeline(dir: string, names: string[]): { cut(): void } {
-  const fifo = path.join(dir, 'lifeline');
-  execFileSync('mkfifo', ['-m', '0600', fifo]);
-  const probe = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  const writer = fs.openSync(fifo, fs.constants.O_WRONLY);
-  const reader = fs.openSync(fifo, fs.constants.O_RDONLY);
-  fs.closeSync(probe);
-  const script = [
+function netnsLifeline(dir: string, names: string[]): { cut(): void } {
+  return startLifeline(dir, 'netns-lifeline', [
     'read _ || :',
     'for ns in "$@"; do',
     '  for i in 1 2 3 4 5; do pids=$(ip netns pids "$ns" 2>/dev/null); [ -n "$pids" ] || break; kill -KILL $pids 2>/dev/null; sleep 0.1; done',
     '  ip netns del "$ns" 2>/dev/null',
     'done',
     '[ -n "$KEEP" ] || rm -rf -- "$DIR"',
-  ].join('\n');
-  const env = { ...process.env, DIR: dir, KEEP: process.env.HOLDFAST_KEEP_TMP ?? '' };
-  const watcher = spawn('/bin/sh', ['-c', script, 'netns-lifeline', ...names], { env, detached: true, stdio: [reader, 'ignore', 'ignore'] });
-  fs.closeSync(reader);
-  watcher.unref();
-  let cut = false;
-  return {
-    cut() {
-      if (cut) return;
-      cut = true;
-      watcher.kill('SIGKILL');
-      fs.closeSync(writer);
-    },
-  };
+  ], names, { ...process.env, DIR: dir, KEEP: process.env.HOLDFAST_KEEP_TMP ?? '' });
 }
 
 function readText(file: string): string {
@@ -269,7 +251,7 @@ export async function createLan(t: Test, o: { prefix?: string } = {}): Promise<L
   try {
     ip('netns', 'add', ns.lan);
     ip('netns', 'add', ns.router);
-    lifeline = startLifeline(dir, [ns.lan, ns.router]);
+    lifeline = netnsLifeline(dir, [ns.lan, ns.router]);
     for (const name of [ns.lan, ns.router]) ip('-n', name, 'link', 'set', 'lo', 'up');
     // LAN: the bridge, the router's veth and the VM's tap on it
     ip('-n', ns.lan, 'link', 'add', 'br0', 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0');

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { Test } from 'tap';
 
+import { startLifeline } from './lifeline.ts';
 import { tmpDir } from './tmp.ts';
 
 /** A private OpenSSH server on loopback, for one test. */
@@ -98,7 +99,7 @@ export async function startSshd(t: Test, opts: SshdOptions = {}): Promise<Sshd> 
   const pid = child.pid!;
   let exited = false;
   const exitedP = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
-  const lifeline = startLifeline(dir, pid, config);
+  const lifeline = sshdLifeline(dir, pid, config);
   const onExit = () => killTree(pid, 'SIGKILL');
   process.on('exit', onExit);
   let stopped = false;
@@ -128,33 +129,13 @@ export async function startSshd(t: Test, opts: SshdOptions = {}): Promise<Sshd> 
  * its exit hooks (see startSshd). cut() ends the watcher without killing
  * anything (the caller stops the server itself).
  */
-function startLifeline(dir: string, pid: number, config: string): { cut(): void } {
-  const fifo = path.join(dir, 'lifeline');
-  execFileSync('mkfifo', ['-m', '0600', fifo]);
-  // A reader must exist before the writer can open; the watcher gets a
-  // blocking read end of its own (the first, non-blocking one is closed).
-  const probe = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  const writer = fs.openSync(fifo, fs.constants.O_WRONLY); // O_CLOEXEC: no other child inherits it
-  const reader = fs.openSync(fifo, fs.constants.O_RDONLY);
-  fs.closeSync(probe);
-  const script = [
+function sshdLifeline(dir: string, pid: number, config: string): { cut(): void } {
+  return startLifeline(dir, 'sshd-lifeline', [
     'read _ || :', // returns at EOF: every writer (this test process) is gone
     'tr "\\0" "\\n" < "/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2" || exit 0',
     'pkill -KILL -P "$1"',
     'kill -KILL "$1"',
-  ].join('\n');
-  const watcher = spawn('/bin/sh', ['-c', script, 'sshd-lifeline', String(pid), config], { detached: true, stdio: [reader, 'ignore', 'ignore'] });
-  fs.closeSync(reader);
-  watcher.unref();
-  let cut = false;
-  return {
-    cut() {
-      if (cut) return;
-      cut = true;
-      watcher.kill('SIGKILL');
-      fs.closeSync(writer);
-    },
-  };
+  ], [String(pid), config]);
 }
 
 /**
