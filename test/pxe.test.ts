@@ -115,7 +115,7 @@ t.test('a box boots from the network with an empty disk, installs itself, enroll
   const serial1 = path.join(ARTIFACTS, 'serial-boot1.log');
   const vm = await startVm(t, { lan, disk, serialLog: serial1, memoryMiB: 2048 });
   await vm.waitSerial(/Holdfast network boot from/, 90_000, 'iPXE runs the boot server\'s script');
-  await vm.waitSerial(/holdfast-install: installing onto \/dev\/vda/, 180_000, 'the live system starts the installer');
+  await vm.waitSerial(/holdfast-install: installing onto \/dev\/vda/, 600_000, 'the live system starts the installer');
   await vm.waitSerial(/holdfast-install: done/, 900_000, 'the installer writes the disk');
   const installSeconds = (Date.now() - started) / 1000;
   t.pass(`network boot and install took ${installSeconds.toFixed(0)} s`);
