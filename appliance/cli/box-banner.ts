@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import os from 'node:os';
 import tls from 'node:tls';
 
-import { currentRelease, loadIdentity } from '../agent/index.ts';
+import { APPLIANCE_UNITS, currentRelease, loadIdentity } from '../agent/index.ts';
 
 /**
  * What the box's own screen shows once its services are up (holdfast-banner
@@ -51,7 +51,7 @@ function consoleFingerprint(host: string, port: number): Promise<string> {
   });
 }
 
-const SERVICE_UNITS = ['holdfast-engine.service', 'holdfast-console.service', 'holdfast-agent.service'];
+const SERVICE_UNITS = [...APPLIANCE_UNITS, 'holdfast-agent.service'];
 
 /** "UNIT STATE, …" as systemd has them (active for a Type=notify unit means it sent READY=1); "unknown" off systemd. */
 function unitStates(units: string[]): Promise<string> {

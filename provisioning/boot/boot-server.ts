@@ -20,8 +20,9 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-/** The files of a customer boot directory that are served over HTTP. */
-export const BOOT_FILES = ['vmlinuz', 'initrd.img', 'filesystem.squashfs', 'provisioning.cpio.gz'] as const;
+import { BOOT_FILES } from '../image/customer.ts';
+
+export { BOOT_FILES };
 
 /** Where Debian's `ipxe` package puts the iPXE loaders. */
 export const IPXE_DIR = '/usr/lib/ipxe';

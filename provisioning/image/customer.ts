@@ -14,7 +14,12 @@ import { HoldfastError } from '../../appliance/errors/index.ts';
 
 /** The live system's kernel arguments: boot=live (fetch= is added by the boot server), the installer, both consoles. */
 export const LIVE_CMDLINE = 'boot=live holdfast.install=auto console=tty0 console=ttyS0,115200n8 systemd.status_unit_format=name';
+/** The shared image's files, hard-linked into every customer's boot directory. */
 export const CUSTOMER_FILES = ['vmlinuz', 'initrd.img', 'filesystem.squashfs'] as const;
+/** The customer's own file beside them: the provisioning file as a second initrd. */
+export const PROVISIONING_INITRD = 'provisioning.cpio.gz';
+/** What the boot server serves over HTTP from a boot directory. */
+export const BOOT_FILES = [...CUSTOMER_FILES, PROVISIONING_INITRD] as const;
 
 /** A newc ("070701") cpio archive of directories and files, all owned by root, with one mtime. */
 export function cpioNewc(entries: { name: string; mode: number; data?: Buffer }[], mtime: number): Buffer {
@@ -52,7 +57,7 @@ export async function bakeCustomer(o: { image: string; provisioning: string; out
     { name: 'holdfast', mode: 0o040755 },
     { name: 'holdfast/provisioning.json', mode: 0o100600, data: await fsp.readFile(o.provisioning) },
   ], sde);
-  await fsp.writeFile(path.join(o.out, 'provisioning.cpio.gz'), gzipSync(cpio, { level: 9 }), { mode: 0o600 });
+  await fsp.writeFile(path.join(o.out, PROVISIONING_INITRD), gzipSync(cpio, { level: 9 }), { mode: 0o600 });
   await fsp.writeFile(path.join(o.out, 'cmdline'), `${LIVE_CMDLINE}\n`);
-  return { dir: o.out, files: [...CUSTOMER_FILES, 'provisioning.cpio.gz', 'cmdline'], provisioning: { fleet: p.fleet, channel: p.channel } };
+  return { dir: o.out, files: [...BOOT_FILES, 'cmdline'], provisioning: { fleet: p.fleet, channel: p.channel } };
 }
