@@ -32,6 +32,8 @@ interface Binding {
   createHasher(): object;
   hasherUpdate(hasher: object, parts: Uint8Array[]): Promise<void>;
   hasherDigest(hasher: object): Buffer;
+  hasherState(hasher: object): Buffer;
+  hasherRestore(hasher: object, state: Uint8Array): void;
   readFile(path: Uint8Array, out: Uint8Array): Promise<number>;
   scandir(path: Uint8Array): Promise<Buffer>;
   scandirMany(paths: Uint8Array): Promise<(Buffer | number)[]>;
@@ -240,6 +242,13 @@ export function sha256(parts: Uint8Array[]): Promise<Buffer> {
 export class Hasher {
   readonly #handle = native.createHasher();
 
+  /** A hasher that continues from a state() another hasher (maybe in another process) gave. */
+  static fromState(state: Uint8Array): Hasher {
+    const h = new Hasher();
+    native.hasherRestore(h.#handle, state);
+    return h;
+  }
+
   update(parts: Uint8Array[]): Promise<void> {
     return native.hasherUpdate(this.#handle, parts);
   }
@@ -247,6 +256,15 @@ export class Hasher {
   /** The digest of everything so far; the hasher then starts over. */
   digest(): Buffer {
     return native.hasherDigest(this.#handle);
+  }
+
+  /**
+   * The state after everything so far, as 109 plain bytes (version 1,
+   * SHA-256 words, bit count, buffered block), for Hasher.fromState.
+   * Secret only as far as the bytes hashed are.
+   */
+  state(): Buffer {
+    return native.hasherState(this.#handle);
   }
 }
 

@@ -1076,6 +1076,45 @@ static napi_value hasher_digest(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* hasherState(hasher) -> Buffer: the state so far, to continue elsewhere */
+static napi_value hasher_state(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out;
+  uint8_t state[HF_HASHER_STATE_LEN];
+  void *dst;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  hasher *h = get_hasher(env, argv[0]);
+  if (!h) return invalid(env, "not a hasher");
+  if (h->busy) {
+    napi_throw_error(env, "HF_HASHER_BUSY", "hasher is still working; await its update");
+    return NULL;
+  }
+  hf_hasher_export(h->h, state);
+  CALL(env, napi_create_buffer_copy(env, sizeof state, state, &dst, &out));
+  return out;
+}
+
+/* hasherRestore(hasher, state: Uint8Array): continues from a state hasherState gave */
+static napi_value hasher_restore(napi_env env, napi_callback_info info) {
+  napi_value argv[2], out;
+  uint8_t *state;
+  size_t len;
+  hf_err err = {0};
+  if (!get_args(env, info, 2, argv)) return NULL;
+  hasher *h = get_hasher(env, argv[0]);
+  if (!h) return invalid(env, "not a hasher");
+  if (h->busy) {
+    napi_throw_error(env, "HF_HASHER_BUSY", "hasher is still working; await its update");
+    return NULL;
+  }
+  if (!get_bytes(env, argv[1], &state, &len)) return invalid(env, "state must be a Uint8Array");
+  if (hf_hasher_import(h->h, state, len, &err)) {
+    napi_throw_error(env, err.code, err.message);
+    return NULL;
+  }
+  CALL(env, napi_get_undefined(env, &out));
+  return out;
+}
+
 /* ---------- file system ---------- */
 
 typedef struct fs_job {
@@ -1603,6 +1642,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"createHasher", NULL, create_hasher, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherUpdate", NULL, hasher_update, NULL, NULL, NULL, napi_enumerable, NULL},
       {"hasherDigest", NULL, hasher_digest, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"hasherState", NULL, hasher_state, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"hasherRestore", NULL, hasher_restore, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readFile", NULL, read_file, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scandir", NULL, scandir_entries, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scandirMany", NULL, scandir_many, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -7,11 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* SHA256_CTX (the hasher below) is deprecated API in OpenSSL 3, kept for its plain-data state. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <zstd.h>
 
 /* EVP update calls take int lengths; feed large buffers in pieces. */
@@ -379,19 +382,21 @@ int hf_mac_end(hf_mac *m, uint8_t out[HF_ID_LEN], hf_err *err) {
   return -1;
 }
 
+/*
+ * The incremental hasher runs on OpenSSL's SHA256_CTX (the same assembly as
+ * EVP, SHA-NI where the CPU has it) because its state is plain data: it can
+ * be written out at any point and continued in another process, which is
+ * how an S3 multipart upload interrupted on one store front-end is verified
+ * by the next without reading its parts back (S3 cannot read them).
+ */
 struct hf_hasher {
-  EVP_MD *md;
-  EVP_MD_CTX *ctx;
+  SHA256_CTX ctx;
 };
 
 hf_hasher *hf_hasher_new(hf_err *err) {
   hf_hasher *h = calloc(1, sizeof *h);
-  if (h) {
-    h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    h->ctx = EVP_MD_CTX_new();
-  }
-  if (!h || !h->md || !h->ctx || !EVP_DigestInit_ex2(h->ctx, h->md, NULL)) {
-    hf_hasher_free(h);
+  if (!h || !SHA256_Init(&h->ctx)) {
+    free(h);
     hf_set_err(err, "HF_CRYPTO_FAILED", "cannot set up SHA-256");
     return NULL;
   }
@@ -400,14 +405,13 @@ hf_hasher *hf_hasher_new(hf_err *err) {
 
 void hf_hasher_free(hf_hasher *h) {
   if (!h) return;
-  EVP_MD_CTX_free(h->ctx);
-  EVP_MD_free(h->md);
+  OPENSSL_cleanse(h, sizeof *h);
   free(h);
 }
 
 int hf_hasher_update(hf_hasher *h, const uint8_t *const *parts, const size_t *lens, size_t count, hf_err *err) {
   for (size_t i = 0; i < count; i++) {
-    if (lens[i] && !EVP_DigestUpdate(h->ctx, parts[i], lens[i])) {
+    if (lens[i] && !SHA256_Update(&h->ctx, parts[i], lens[i])) {
       hf_set_err(err, "HF_CRYPTO_FAILED", "SHA-256 update failed");
       return -1;
     }
@@ -416,11 +420,58 @@ int hf_hasher_update(hf_hasher *h, const uint8_t *const *parts, const size_t *le
 }
 
 int hf_hasher_final(hf_hasher *h, uint8_t out[32], hf_err *err) {
-  unsigned int outl = 0;
-  if (!EVP_DigestFinal_ex(h->ctx, out, &outl) || outl != 32 || !EVP_DigestInit_ex2(h->ctx, h->md, NULL)) {
+  if (!SHA256_Final(out, &h->ctx) || !SHA256_Init(&h->ctx)) {
     hf_set_err(err, "HF_CRYPTO_FAILED", "SHA-256 final failed");
     return -1;
   }
+  return 0;
+}
+
+static void put_u32le(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_u32le(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Layout: version 1, then h[8], Nl, Nh, data[16], num as little-endian u32. */
+void hf_hasher_export(const hf_hasher *h, uint8_t out[HF_HASHER_STATE_LEN]) {
+  uint8_t *p = out;
+  *p++ = 1;
+  for (int i = 0; i < 8; i++, p += 4) put_u32le(p, h->ctx.h[i]);
+  put_u32le(p, h->ctx.Nl), p += 4;
+  put_u32le(p, h->ctx.Nh), p += 4;
+  for (int i = 0; i < SHA_LBLOCK; i++, p += 4) put_u32le(p, h->ctx.data[i]);
+  put_u32le(p, h->ctx.num);
+}
+
+int hf_hasher_import(hf_hasher *h, const uint8_t *in, size_t len, hf_err *err) {
+  SHA256_CTX c;
+  const uint8_t *p = in;
+  if (len != HF_HASHER_STATE_LEN || in[0] != 1) {
+    hf_set_err(err, "HF_INVALID_ARGUMENT", "not a SHA-256 state (%zu bytes)", len);
+    return -1;
+  }
+  if (!SHA256_Init(&c)) {
+    hf_set_err(err, "HF_CRYPTO_FAILED", "cannot set up SHA-256");
+    return -1;
+  }
+  p++;
+  for (int i = 0; i < 8; i++, p += 4) c.h[i] = get_u32le(p);
+  c.Nl = get_u32le(p), p += 4;
+  c.Nh = get_u32le(p), p += 4;
+  for (int i = 0; i < SHA_LBLOCK; i++, p += 4) c.data[i] = get_u32le(p);
+  c.num = get_u32le(p);
+  /* bytes buffered = bit count mod 512 / 8: anything else is not a state this code wrote */
+  if (c.num >= SHA256_CBLOCK || c.num != ((c.Nl >> 3) & (SHA256_CBLOCK - 1))) {
+    hf_set_err(err, "HF_INVALID_ARGUMENT", "a SHA-256 state that does not add up");
+    return -1;
+  }
+  h->ctx = c;
   return 0;
 }
 

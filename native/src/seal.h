@@ -70,6 +70,10 @@ void hf_hasher_free(hf_hasher *h);
 int hf_hasher_update(hf_hasher *h, const uint8_t *const *parts, const size_t *lens, size_t count, hf_err *err);
 /* Writes the digest and starts over. */
 int hf_hasher_final(hf_hasher *h, uint8_t out[32], hf_err *err);
+/* The state so far as plain bytes, and a hasher continued from such bytes. */
+#define HF_HASHER_STATE_LEN 109
+void hf_hasher_export(const hf_hasher *h, uint8_t out[HF_HASHER_STATE_LEN]);
+int hf_hasher_import(hf_hasher *h, const uint8_t *in, size_t len, hf_err *err);
 
 /* SHA-256 over the concatenation of parts. */
 int hf_sha256(const uint8_t *const *parts, const size_t *lens, size_t count,
