@@ -214,14 +214,17 @@ export class FsStoreBackend implements StoreBackend {
           throw ioError(`cannot write the upload of ${what}`, err);
         }
       },
-      readStored: async (position, length) => {
-        const buf = Buffer.allocUnsafe(length);
-        for (let done = 0; done < length;) {
-          const { bytesRead } = await fh.read(buf, done, length - done, position + done);
-          if (bytesRead === 0) throw new HoldfastError('HF_IO', `${what}: the partial file ended at ${position + done}`);
-          done += bytesRead;
+      resumeAt: async (offset) => {
+        const at = Math.max(0, Math.min(offset, stored));
+        const hasher = new Hasher();
+        const buf = Buffer.allocUnsafe(Math.min(HASH_PIECE, Math.max(at, 1)));
+        for (let off = 0; off < at;) {
+          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, at - off), off);
+          if (bytesRead === 0) throw new HoldfastError('HF_IO', `${what}: the partial file ended at ${off}`);
+          await hasher.update([buf.subarray(0, bytesRead)]);
+          off += bytesRead;
         }
-        return buf;
+        return { at, hasher };
       },
       commit: async (size, hashed) => {
         try {

@@ -1,3 +1,4 @@
+import type { Hasher } from '../../native/index.ts';
 import type { ReplicatedType } from '../protocol/index.ts';
 
 export interface StoredFile {
@@ -37,8 +38,15 @@ export interface Upload {
    * is harmless.
    */
   write(parts: readonly Uint8Array[], position: number): Promise<void>;
-  /** Reads back stored bytes (to hash the part of a resumed upload that came earlier). */
-  readStored(position: number, length: number): Promise<Buffer>;
+  /**
+   * Prepares to receive the rest of the file from at most `offset` (≤ stored):
+   * resolves with where the next write must start (`at` ≤ offset; a directory
+   * takes offset itself, S3 the last part boundary at or before it) and a
+   * SHA-256 hasher that has consumed the bytes before `at` (a directory reads
+   * them back; S3, which cannot read the parts of an incomplete upload,
+   * continues from the hash state saved with each part).
+   */
+  resumeAt(offset: number): Promise<{ at: number; hasher: Hasher }>;
   /**
    * Checks that the partial file holds exactly size bytes hashing to the
    * digest (HF_STORE_DIGEST_MISMATCH otherwise, and the partial file is
@@ -56,8 +64,8 @@ export interface Upload {
 
 /**
  * Where a store keeps its tenants' files. Implementations: FsStoreBackend (a
- * directory; several store processes may share it) and, later, an
- * S3-compatible one. Every method is safe to call from several processes at
+ * directory; several store processes may share it) and S3StoreBackend (a
+ * bucket of an S3-compatible object store; any number of front-ends). Every method is safe to call from several processes at
  * once; nothing is cached that another front-end could make stale, except
  * usage figures (documented per implementation).
  *

@@ -66,7 +66,6 @@ const RESUME_AT = 8 << 20;
  * make the store buffer without bound.
  */
 const OUT_PAUSE_AT = 4 << 20;
-const HASH_PIECE = 4 << 20;
 /** Config and key files are a few KiB; anything far larger is not one. */
 const MAX_SMALL_FILE = 1 << 20;
 
@@ -357,12 +356,13 @@ export class StoreSession {
       }
     }
     st.upload = upload;
-    st.next = start;
-    // The part stored by earlier connections is hashed from disk; the rest as it arrives.
-    for (let at = 0; at < st.next;) {
-      const n = Math.min(HASH_PIECE, st.next - at);
-      await st.hasher.update([await upload.readStored(at, n)]);
-      at += n;
+    // The part stored by earlier connections is hashed by the backend; the rest as it arrives.
+    if (start > 0) {
+      const resumed = await upload.resumeAt(start);
+      st.next = resumed.at;
+      st.hasher = resumed.hasher;
+    } else {
+      st.next = 0;
     }
     if (this.#streams.get(id) !== st) {
       await upload.close();
