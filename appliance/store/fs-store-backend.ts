@@ -176,6 +176,8 @@ export class FsStoreBackend implements StoreBackend {
     } catch (err) {
       throw ioError(`cannot open the upload of ${what}`, err);
     }    const stored = (await fh.stat()).size;
+    /** Where the bytes written so far end: a write may repeat bytes, never leave a hole. */
+    let end = stored;
     let closed = false;
     let committed = false;
     const close = async () => {
@@ -198,12 +200,16 @@ export class FsStoreBackend implements StoreBackend {
         await fsp.unlink(mine).catch(() => undefined);
       },
       write: async (parts, position) => {
+        if (position > end) {
+          throw new HoldfastError('HF_STORE_BAD_OFFSET', `${what}: a write at ${position}, but the upload ends at ${end}`);
+        }
         try {
           let pending = parts.filter((p) => p.length > 0).map((p) => Buffer.from(p.buffer, p.byteOffset, p.length));
           let at = position;
           while (pending.length > 0) {
             const { bytesWritten } = await fh.writev(pending, at);
             at += bytesWritten;
+            end = Math.max(end, at);
             let skip = bytesWritten;
             while (skip > 0 && pending.length > 0) {
               const first = pending[0]!;

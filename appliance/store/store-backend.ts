@@ -33,9 +33,10 @@ export interface Upload {
   /** Bytes stored so far (the partial file's length when opened). */
   readonly stored: number;
   /**
-   * Writes bytes (the pieces in order) at position. Calls MAY overlap; the
-   * caller awaits each before acknowledging it. Writing the same bytes twice
-   * is harmless.
+   * Writes bytes (the pieces in order) at position. Writes come one after
+   * another, each starting at or before the end of the bytes written so far:
+   * repeating bytes is harmless, a hole is HF_STORE_BAD_OFFSET. A closed
+   * upload keeps a prefix of them (a directory every byte, S3 whole parts).
    */
   write(parts: readonly Uint8Array[], position: number): Promise<void>;
   /**

@@ -1,0 +1,1012 @@
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import path from 'node:path';
+
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CopyObjectCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  GetObjectLockConfigurationCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectVersionsCommand,
+  ListObjectsV2Command,
+  ListPartsCommand,
+  PutObjectCommand,
+  PutObjectRetentionCommand,
+  S3Client,
+  UploadPartCommand,
+  S3ServiceException,
+} from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+
+import { Hasher, sha256 } from '../../native/index.ts';
+import { HoldfastError } from '../errors/index.ts';
+import { type ReplicatedType, contentAddressed } from '../protocol/index.ts';
+import { filePath, validName } from '../storage/index.ts';
+import { assertTenant } from './fs-store-backend.ts';
+import type { StoreBackend, StoredFile, TenantUsage, TrashEntry, Upload } from './store-backend.ts';
+
+const TRASH_ENTRY = /^(\d{13})-([0-9a-f]{8})-(config|key|pack|index|snapshot)-(.+)$/;
+const HEX64 = /^[0-9a-f]{64}$/;
+const TYPE_DIRS: Record<ReplicatedType, string> = { config: '', key: 'keys/', pack: 'data/', index: 'index/', snapshot: 'snapshots/' };
+const OWNER = `${os.hostname().replace(/[^A-Za-z0-9-]/g, '_').slice(0, 64) || 'host'}.${process.pid}.${randomBytes(4).toString('hex')}`;
+/** S3's floor for every part but the last. */
+const MIN_PART = 5 << 20;
+const MAX_PARTS = 10_000;
+
+export interface S3StoreOptions {
+  /** http(s)://host:port of the S3 API; omitted: AWS S3 of the region. */
+  endpoint?: string;
+  bucket: string;
+  region?: string;
+  /** Bucket in the path (Ceph RGW, MinIO), not in the host name. */
+  pathStyle?: boolean;
+  /** Key prefix under which the store keeps everything ('' or ending in /). */
+  prefix?: string;
+  /** Default: the SDK's chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, …). */
+  credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** The store's grace period: what Object Lock retention covers. */
+  graceSeconds: number;
+  /** COMPLIANCE (default): no credential can shorten or bypass it; GOVERNANCE: a principal with s3:BypassGovernanceRetention can. */
+  lockMode?: 'COMPLIANCE' | 'GOVERNANCE';
+  /** Files up to this size are sent in one PUT at commit (default 32 MiB). */
+  singlePutMax?: number;
+  /** Part size of multipart uploads (default 16 MiB; at least 5 MiB). */
+  partSize?: number;
+  /** How long an upload's claim lasts without renewal (default 30 s). */
+  leaseSeconds?: number;
+  /** How long a usage figure is reused before the tenant is listed again (default 60 s). */
+  usageTtlSeconds?: number;
+}
+
+/** One part of a multipart upload as the state object records it. */
+interface PartRecord {
+  n: number;
+  size: number;
+  etag: string;
+  /** SHA-256 state after this part (base64 of Hasher.state()). */
+  hash: string;
+}
+
+/** The state object of an upload in progress (tenants/<t>/partial/<type>-<name>-<digest>). */
+interface UploadState {
+  v: 1;
+  uploadId: string;
+  key: string;
+  partSize: number;
+  parts: PartRecord[];
+}
+
+type Retention = { ObjectLockMode?: 'COMPLIANCE' | 'GOVERNANCE'; ObjectLockRetainUntilDate?: Date };
+
+interface Lease {
+  readonly lost: () => boolean;
+  release(): Promise<void>;
+}
+
+/** What the bucket can do, found at start-up. */
+export interface S3BucketInfo {
+  objectLock: boolean;
+  versioned: boolean;
+}
+
+/**
+ * A store's files in a bucket of an S3-compatible object store (Ceph RGW,
+ * AWS S3, MinIO, Backblaze B2, Wasabi). The front-end keeps nothing of its
+ * own: every fact another front-end needs lives in the bucket.
+ *
+ *   <prefix>tenants/<t>/<layout>              a repository's layout (config, keys/, data/xx/, index/, snapshots/)
+ *   <prefix>tenants/<t>/partial/<type>-<name>-<digest>          upload state (JSON): multipart upload id, parts, hash state
+ *   <prefix>tenants/<t>/partial/<type>-<name>-<digest>.lock.<g> the claim of the front-end uploading it (generation g)
+ *   <prefix>tenants/<t>/trash/<ms>-<random>-<type>-<name>       deleted files (tombstones carry their time in the key)
+ *
+ * Files up to singlePutMax are buffered and sent in one PUT when committed;
+ * larger ones go as a multipart upload on their final key, which S3 keeps
+ * invisible until completed. After each part the SHA-256 state is saved in
+ * the upload's state object, so a front-end resuming an upload another one
+ * began (S3 cannot read the parts of an incomplete upload) continues the
+ * digest from there; the digest is checked before the upload is completed,
+ * that is, before the object exists.
+ *
+ * With Object Lock on the bucket every file and tombstone gets a retention
+ * (COMPLIANCE by default) until it was written + the grace period, so that
+ * not even these credentials can destroy a copy inside that time.
+ */
+export class S3StoreBackend implements StoreBackend {
+  readonly location: string;
+  readonly client: S3Client;
+  readonly #o: Required<Omit<S3StoreOptions, 'endpoint' | 'credentials' | 'region'>> & { region: string };
+  #info: S3BucketInfo = { objectLock: false, versioned: false };
+  readonly #usage = new Map<string, { at: number; usage: TenantUsage }>();
+
+  constructor(o: S3StoreOptions) {
+    const prefix = o.prefix ?? '';
+    if (prefix !== '' && !/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*\/$/.test(prefix)) {
+      throw new HoldfastError('HF_INVALID_ARGUMENT', `invalid S3 key prefix ${JSON.stringify(prefix)} (letters, digits, . _ - and /, ending in /)`);
+    }
+    const partSize = o.partSize ?? 16 << 20;
+    if (!Number.isSafeInteger(partSize) || partSize < MIN_PART) throw new HoldfastError('HF_INVALID_ARGUMENT', `S3 part size ${partSize} is below S3's 5 MiB`);
+    this.#o = {
+      bucket: o.bucket,
+      region: o.region ?? 'us-east-1',
+      pathStyle: o.pathStyle ?? false,
+      prefix,
+      graceSeconds: o.graceSeconds,
+      lockMode: o.lockMode ?? 'COMPLIANCE',
+      singlePutMax: o.singlePutMax ?? 32 << 20,
+      partSize,
+      leaseSeconds: o.leaseSeconds ?? 30,
+      usageTtlSeconds: o.usageTtlSeconds ?? 60,
+    };
+    this.location = `s3://${o.bucket}/${prefix}${o.endpoint ? ` at ${o.endpoint}` : ''}`;
+    this.client = new S3Client({
+      ...(o.endpoint ? { endpoint: o.endpoint } : {}),
+      region: this.#o.region,
+      forcePathStyle: this.#o.pathStyle,
+      ...(o.credentials ? { credentials: o.credentials } : {}),
+      // The store verifies SHA-256 digests of whole files itself; the SDK's
+      // newer default checksums (aws-chunked CRC32) are not understood by
+      // every S3-compatible server (Ceph Pacific among them).
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: 4,
+      requestHandler: new NodeHttpHandler({ connectionTimeout: 10_000, requestTimeout: 120_000, httpAgent: { keepAlive: true, maxSockets: 64 }, httpsAgent: { keepAlive: true, maxSockets: 64 } }),
+    });
+  }
+
+  get info(): S3BucketInfo {
+    return this.#info;
+  }
+
+  /** Checks that the bucket is there and reachable, and whether it has Object Lock (and so versioning). */
+  async initialize(): Promise<S3BucketInfo> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.#o.bucket }));
+    } catch (err) {
+      // HEAD has no body: a missing bucket is a bare 404
+      throw this.#error('open', S3StoreBackend.#notFound(err) ? Object.assign(err as object, { name: 'NoSuchBucket' }) : err);
+    }
+    let objectLock = false;
+    try {
+      const r = await this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.#o.bucket }));
+      objectLock = r.ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled';
+    } catch (err) {
+      const name = (err as { name?: string }).name ?? '';
+      if (!/ObjectLockConfigurationNotFound|NotImplemented|InvalidRequest|MethodNotAllowed/.test(name)) throw this.#error('read the Object Lock configuration of', err);
+    }
+    this.#info = { objectLock, versioned: objectLock };
+    return this.#info;
+  }
+
+  // ---------- keys ----------
+
+  #tenantKey(tenant: string): string {
+    assertTenant(tenant);
+    return `${this.#o.prefix}tenants/${tenant}/`;
+  }
+
+  #fileKey(tenant: string, type: ReplicatedType, name: string): string {
+    return this.#tenantKey(tenant) + filePath('', type, name).split(path.sep).join('/');
+  }
+
+  #partialKey(tenant: string, type: ReplicatedType, name: string, digest: string): string {
+    if (!validName(type, name) || !HEX64.test(digest)) throw new HoldfastError('HF_INVALID_ARGUMENT', `invalid ${type} name or digest`);
+    return `${this.#tenantKey(tenant)}partial/${type}-${name}-${digest}`;
+  }
+
+  /** Object Lock parameters for an object written now. */
+  #retention(): Retention {
+    if (!this.#info.objectLock || this.#o.graceSeconds <= 0) return {};
+    return { ObjectLockMode: this.#o.lockMode, ObjectLockRetainUntilDate: new Date(Date.now() + this.#o.graceSeconds * 1000) };
+  }
+
+  // ---------- S3 calls and their errors ----------
+
+  async #send<T = unknown>(what: string, command: object): Promise<T> {
+    try {
+      return (await this.client.send(command as never)) as T;
+    } catch (err) {
+      throw this.#error(what, err);
+    }
+  }
+
+  /** A coded error for a failed S3 call; `what` is a verb phrase ("read pack 1a2b… of"). */
+  #error(what: string, err: unknown): HoldfastError {
+    if (err instanceof HoldfastError) return err;
+    const e = err as { name?: string; $metadata?: { httpStatusCode?: number }; message?: string };
+    const status = e.$metadata?.httpStatusCode;
+    const where = `bucket ${this.#o.bucket}`;
+    if (e.name === 'NoSuchBucket') {
+      return new HoldfastError('HF_STORE_S3_NO_BUCKET', `cannot ${what} ${where}: it does not exist; create it (with Object Lock enabled, for immutable offsite copies) or fix --s3-bucket`, { cause: err });
+    }
+    if (e.name === 'AccessDenied' || e.name === 'InvalidAccessKeyId' || e.name === 'SignatureDoesNotMatch' || status === 403) {
+      return new HoldfastError('HF_STORE_S3_ACCESS_DENIED', `cannot ${what} ${where}: the object store refused (${e.name ?? status}: ${e.message ?? ''}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy`, { cause: err });
+    }
+    if (err instanceof S3ServiceException && status !== undefined && status < 500) {
+      return new HoldfastError('HF_IO', `cannot ${what} ${where}: ${e.name}: ${e.message}`, { cause: err });
+    }
+    return new HoldfastError('HF_STORE_S3_UNAVAILABLE', `cannot ${what} ${where}: the object store did not answer (${e.name ?? 'error'}: ${e.message ?? String(err)}); check that it is up and reachable`, { cause: err });
+  }
+
+  static #notFound(err: unknown): boolean {
+    const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+    return e.name === 'NotFound' || e.name === 'NoSuchKey' || e.$metadata?.httpStatusCode === 404;
+  }
+
+  async #head(key: string): Promise<{ size: number } | null> {
+    try {
+      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.#o.bucket, Key: key }));
+      return { size: r.ContentLength ?? 0 };
+    } catch (err) {
+      if (S3StoreBackend.#notFound(err)) return null;
+      throw this.#error(`look up ${key} in`, err);
+    }
+  }
+
+  async #getBytes(key: string, range?: [number, number]): Promise<Buffer | null> {
+    try {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: this.#o.bucket, Key: key, ...(range ? { Range: `bytes=${range[0]}-${range[1]}` } : {}) }));
+      return Buffer.from(await r.Body!.transformToByteArray());
+    } catch (err) {
+      if (S3StoreBackend.#notFound(err)) return null;
+      throw this.#error(`read ${key} in`, err);
+    }
+  }
+
+  /** PUT with the payload's SHA-256 computed off the event loop (so the SDK does not hash it again on it). */
+  async #put(key: string, body: Buffer | Buffer[], extra: Record<string, unknown> = {}): Promise<{ ETag?: string; VersionId?: string }> {
+    const parts = Array.isArray(body) ? body : [body];
+    const length = parts.reduce((n, p) => n + p.length, 0);
+    const payload = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
+    const cmd = new PutObjectCommand({ Bucket: this.#o.bucket, Key: key, Body: payload, ContentLength: length, ...extra });
+    await withPayloadHash(cmd, parts);
+    return this.client.send(cmd);
+  }
+
+  /** Deletes every version of a key (or just the current one, on an unversioned bucket). */
+  async #deleteAll(key: string): Promise<void> {
+    if (!this.#info.versioned) {
+      await this.#send(`delete ${key} in`, new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: key }));
+      return;
+    }
+    for (const v of await this.#versions(key, true)) {
+      if (v.key !== key) continue;
+      await this.#send(`delete ${key} in`, new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: key, VersionId: v.versionId }));
+    }
+  }
+
+  /** Versions and delete markers under a prefix (only the exact key when exact). */
+  async #versions(prefix: string, exact = false): Promise<{ key: string; versionId: string; latest: boolean; marker: boolean; modified: Date; size: number }[]> {
+    const out: { key: string; versionId: string; latest: boolean; marker: boolean; modified: Date; size: number }[] = [];
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    for (;;) {
+      const r = await this.#send<{ Versions?: { Key?: string; VersionId?: string; IsLatest?: boolean; LastModified?: Date; Size?: number }[]; DeleteMarkers?: { Key?: string; VersionId?: string; IsLatest?: boolean; LastModified?: Date }[]; IsTruncated?: boolean; NextKeyMarker?: string; NextVersionIdMarker?: string }>(
+        `list versions of ${prefix} in`,
+        new ListObjectVersionsCommand({ Bucket: this.#o.bucket, Prefix: prefix, KeyMarker: keyMarker, VersionIdMarker: versionMarker }),
+      );
+      for (const v of r.Versions ?? []) out.push({ key: v.Key!, versionId: v.VersionId ?? 'null', latest: v.IsLatest ?? false, marker: false, modified: v.LastModified ?? new Date(0), size: v.Size ?? 0 });
+      for (const m of r.DeleteMarkers ?? []) out.push({ key: m.Key!, versionId: m.VersionId ?? 'null', latest: m.IsLatest ?? false, marker: true, modified: m.LastModified ?? new Date(0), size: 0 });
+      if (!r.IsTruncated) break;
+      keyMarker = r.NextKeyMarker;
+      versionMarker = r.NextVersionIdMarker;
+    }
+    return exact ? out.filter((v) => v.key === prefix) : out;
+  }
+
+  /** Keys and sizes under a prefix, after startAfter, up to limit (all when limit is Infinity). */
+  async #list(prefix: string, startAfter: string | undefined, limit: number): Promise<{ items: { key: string; size: number; modified: Date }[]; more: boolean }> {
+    const items: { key: string; size: number; modified: Date }[] = [];
+    let token: string | undefined;
+    for (;;) {
+      const r = await this.#send<{ Contents?: { Key?: string; Size?: number; LastModified?: Date }[]; IsTruncated?: boolean; NextContinuationToken?: string }>(
+        `list ${prefix} in`,
+        new ListObjectsV2Command({ Bucket: this.#o.bucket, Prefix: prefix, ContinuationToken: token, StartAfter: token ? undefined : startAfter, MaxKeys: Number.isFinite(limit) ? Math.min(1000, limit - items.length + 1) : 1000 }),
+      );
+      for (const c of r.Contents ?? []) items.push({ key: c.Key!, size: c.Size ?? 0, modified: c.LastModified ?? new Date(0) });
+      if (items.length > limit) return { items: items.slice(0, limit), more: true };
+      if (!r.IsTruncated) return { items, more: false };
+      token = r.NextContinuationToken;
+    }
+  }
+
+  // ---------- StoreBackend ----------
+
+  async stat(tenant: string, type: ReplicatedType, name: string): Promise<number | null> {
+    return (await this.#head(this.#fileKey(tenant, type, name)))?.size ?? null;
+  }
+
+  async partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null> {
+    const state = await this.#state(this.#partialKey(tenant, type, name, digest));
+    return state ? state.parts.reduce((n, p) => n + p.size, 0) : null;
+  }
+
+  async #state(key: string): Promise<UploadState | null> {
+    const bytes = await this.#getBytes(key);
+    if (!bytes) return null;
+    try {
+      const s = JSON.parse(bytes.toString('utf8')) as UploadState;
+      if (s.v !== 1 || typeof s.uploadId !== 'string' || !Array.isArray(s.parts)) return null;
+      return s;
+    } catch {
+      return null; // a damaged state only costs a restart of that upload
+    }
+  }
+
+  /**
+   * Claims the upload of one file for this process: generation g+1 of its
+   * lock is created with If-None-Match, so of two front-ends taking over an
+   * expired claim only one wins. The claim is renewed every third of the
+   * lease; a holder that finds a newer generation has lost it.
+   */
+  async #claim(partialKey: string, what: string): Promise<Lease> {
+    const lockPrefix = `${partialKey}.lock.`;
+    const { items } = await this.#list(lockPrefix, undefined, Infinity);
+    const gens = items.map((i) => Number(i.key.slice(lockPrefix.length))).filter((g) => Number.isSafeInteger(g)).sort((a, b) => a - b);
+    const top = gens.at(-1);
+    if (top !== undefined) {
+      const body = await this.#getBytes(lockPrefix + String(top).padStart(8, '0'));
+      const until = body ? Number((JSON.parse(body.toString('utf8') || '{}') as { until?: number }).until) : 0;
+      if (until > Date.now()) {
+        throw new HoldfastError('HF_STORE_BUSY', `${what} is being uploaded by another connection or front-end; try again when it ends (its claim lapses within ${this.#o.leaseSeconds} s if that front-end is gone)`);
+      }
+    }
+    const gen = (top ?? 0) + 1;
+    const key = lockPrefix + String(gen).padStart(8, '0');
+    const lease = () => Buffer.from(JSON.stringify({ owner: OWNER, until: Date.now() + this.#o.leaseSeconds * 1000 }));
+    let version: string | undefined;
+    try {
+      version = (await this.client.send(new PutObjectCommand({ Bucket: this.#o.bucket, Key: key, Body: lease(), IfNoneMatch: '*' }))).VersionId;
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      if (e.name === 'PreconditionFailed' || e.$metadata?.httpStatusCode === 412 || e.$metadata?.httpStatusCode === 409) {
+        throw new HoldfastError('HF_STORE_BUSY', `${what} was claimed by another front-end at the same moment; try again`);
+      }
+      throw this.#error(`claim the upload of ${what} in`, err);
+    }
+    for (const g of gens) await this.#deleteAll(lockPrefix + String(g).padStart(8, '0')).catch(() => undefined);
+    let lost = false;
+    let released = false;
+    const renew = async () => {
+      if (released || lost) return;
+      const newer = await this.#list(lockPrefix, key, 1).catch(() => null);
+      if (newer && newer.items.length > 0) { lost = true; return; }
+      const r = await this.client.send(new PutObjectCommand({ Bucket: this.#o.bucket, Key: key, Body: lease() })).catch(() => null);
+      if (r && this.#info.versioned && version) {
+        const old = version;
+        version = r.VersionId;
+        await this.client.send(new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: key, VersionId: old })).catch(() => undefined);
+      }
+    };
+    const timer = setInterval(() => void renew(), Math.max(1000, (this.#o.leaseSeconds * 1000) / 3));
+    timer.unref();
+    return {
+      lost: () => lost,
+      release: async () => {
+        if (released) return;
+        released = true;
+        clearInterval(timer);
+        await this.#deleteAll(key).catch(() => undefined);
+      },
+    };
+  }
+
+  async openUpload(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<Upload> {
+    const partialKey = this.#partialKey(tenant, type, name, digest);
+    const key = this.#fileKey(tenant, type, name);
+    const what = `${type} ${name.slice(0, 16)} of tenant ${tenant}`;
+    const lease = await this.#claim(partialKey, what);
+    let state: UploadState | null;
+    try {
+      state = await this.#state(partialKey);
+      if (state && (state.key !== key || state.partSize < MIN_PART)) state = null;
+      if (state) {
+        // The state object is written after each part; S3's own list of the
+        // parts is what counts. Parts it lacks (an aborted upload) void the
+        // state; parts beyond it (a front-end killed between the two writes)
+        // are sent again.
+        const listed = await this.#listParts(key, state.uploadId);
+        if (listed === null) state = null;
+        else {
+          let ok = 0;
+          while (ok < state.parts.length && state.parts[ok]!.hash !== '' && listed.get(state.parts[ok]!.n)?.etag === state.parts[ok]!.etag && listed.get(state.parts[ok]!.n)?.size === state.parts[ok]!.size) ok++;
+          if (ok < state.parts.length) {
+            await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.#o.bucket, Key: key, UploadId: state.uploadId })).catch(() => undefined);
+            state = null;
+          }
+        }
+      }
+    } catch (err) {
+      await lease.release();
+      throw err;
+    }
+    return new S3Upload(this, {
+      type, key, partialKey, what, digest, lease, state,
+      partSize: state?.partSize ?? this.#o.partSize,
+      singlePutMax: this.#o.singlePutMax,
+      onCommitted: (size) => this.#addUsage(tenant, size),
+    });
+  }
+
+  /** Parts S3 holds for an upload, or null when the upload is gone. */
+  async #listParts(key: string, uploadId: string): Promise<Map<number, { size: number; etag: string }> | null> {
+    const out = new Map<number, { size: number; etag: string }>();
+    let marker: string | undefined;
+    for (;;) {
+      let r;
+      try {
+        r = await this.client.send(new ListPartsCommand({ Bucket: this.#o.bucket, Key: key, UploadId: uploadId, PartNumberMarker: marker }));
+      } catch (err) {
+        if ((err as { name?: string }).name === 'NoSuchUpload' || S3StoreBackend.#notFound(err)) return null;
+        throw this.#error(`list the parts of ${key} in`, err);
+      }
+      for (const p of r.Parts ?? []) out.set(p.PartNumber!, { size: p.Size ?? 0, etag: p.ETag ?? '' });
+      if (!r.IsTruncated) return out;
+      marker = r.NextPartNumberMarker;
+    }
+  }
+
+  // Used by S3Upload.
+  /** @internal */ get bucket(): string { return this.#o.bucket; }
+  /** @internal */ retention(): Retention { return this.#retention(); }
+  /** @internal */ error(what: string, err: unknown): HoldfastError { return this.#error(what, err); }
+  /** @internal */ put(key: string, body: Buffer | Buffer[], extra?: Record<string, unknown>): Promise<{ ETag?: string; VersionId?: string }> { return this.#put(key, body, extra); }
+  /** @internal */ deleteAll(key: string): Promise<void> { return this.#deleteAll(key); }
+  /** @internal */ getBytes(key: string): Promise<Buffer | null> { return this.#getBytes(key); }
+  /** @internal */ head(key: string): Promise<{ size: number } | null> { return this.#head(key); }
+
+  async read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const key = this.#fileKey(tenant, type, name);
+    const missing = () => new HoldfastError('HF_STORE_NOT_FOUND', `${type} ${name} is not on the store`);
+    if (length === 0) {
+      if (await this.#head(key) === null) throw missing();
+      return into ?? Buffer.alloc(0);
+    }
+    let got: Buffer | null;
+    try {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: this.#o.bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }));
+      const out = into ?? Buffer.allocUnsafe(length);
+      let at = 0;
+      for await (const piece of r.Body as AsyncIterable<Uint8Array>) {
+        if (at + piece.length > length) throw new HoldfastError('HF_IO', `${type} ${name}: the object store sent more than the ${length} bytes asked for`);
+        out.set(piece, at);
+        at += piece.length;
+      }
+      got = at === length ? out : null;
+      if (got === null) throw new HoldfastError('HF_IO', `${type} ${name}: ${at} of ${length} bytes at ${offset} (the file is shorter)`);
+    } catch (err) {
+      if (S3StoreBackend.#notFound(err)) throw missing();
+      throw this.#error(`read ${type} ${name.slice(0, 16)} of tenant ${tenant} from`, err);
+    }
+    return got;
+  }
+
+  async list(tenant: string, type: ReplicatedType, after: string | undefined, limit: number): Promise<{ files: StoredFile[]; more: boolean }> {
+    const base = this.#tenantKey(tenant);
+    if (type === 'config') {
+      const size = await this.stat(tenant, 'config', 'config');
+      const files = size === null || (after !== undefined && after >= 'config') ? [] : [{ name: 'config', size }];
+      return { files: files.slice(0, limit), more: files.length > limit };
+    }
+    const prefix = base + TYPE_DIRS[type];
+    const startAfter = after === undefined || after === '' ? undefined : (type === 'pack' ? `${prefix}${after.slice(0, 2)}/${after}` : prefix + after);
+    const files: StoredFile[] = [];
+    let from = startAfter;
+    for (;;) {
+      const { items, more } = await this.#list(prefix, from, limit + 1 - files.length);
+      for (const i of items) {
+        const name = i.key.slice(i.key.lastIndexOf('/') + 1);
+        const expected = validName(type, name) ? this.#fileKey(tenant, type, name) : null;
+        if (expected === i.key) files.push({ name, size: i.size });
+      }
+      if (files.length > limit) return { files: files.slice(0, limit), more: true };
+      if (!more || items.length === 0) return { files, more: false };
+      from = items.at(-1)!.key;
+    }
+  }
+
+  async remove(tenant: string, type: ReplicatedType, name: string, now: Date): Promise<Date | null> {
+    const key = this.#fileKey(tenant, type, name);
+    const entry = `${String(now.getTime()).padStart(13, '0')}-${randomBytes(4).toString('hex')}-${type}-${name}`;
+    const trashKey = `${this.#tenantKey(tenant)}trash/${entry}`;
+    // S3 has no rename: copy to the trash (with a retention of its own), then delete.
+    try {
+      await this.client.send(new CopyObjectCommand({ Bucket: this.#o.bucket, Key: trashKey, CopySource: copySource(this.#o.bucket, key), ...this.#retention() }));
+    } catch (err) {
+      if (S3StoreBackend.#notFound(err)) return null;
+      throw this.#error(`move ${type} ${name.slice(0, 16)} of tenant ${tenant} to the trash in`, err);
+    }
+    await this.#removeLive(key);
+    this.#usage.delete(tenant);
+    return now;
+  }
+
+  /**
+   * Takes a file out of the live namespace. On a versioned (locked) bucket
+   * this leaves a delete marker over the version, which may be under
+   * retention still; purge removes it with the tombstone.
+   */
+  async #removeLive(key: string): Promise<void> {
+    await this.#send(`delete ${key} in`, new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: key }));
+  }
+
+  async #trashEntries(tenant: string): Promise<(TrashEntry & { key: string })[]> {
+    const prefix = `${this.#tenantKey(tenant)}trash/`;
+    const { items } = await this.#list(prefix, undefined, Infinity);
+    const out: (TrashEntry & { key: string })[] = [];
+    for (const i of items) {
+      const m = TRASH_ENTRY.exec(i.key.slice(prefix.length));
+      if (!m) continue;
+      const type = m[3] as ReplicatedType;
+      if (!validName(type, m[4]!)) continue;
+      out.push({ type, name: m[4]!, size: i.size, deletedAt: new Date(Number(m[1])), key: i.key });
+    }
+    return out.sort((a, b) => a.deletedAt.getTime() - b.deletedAt.getTime());
+  }
+
+  async trash(tenant: string): Promise<TrashEntry[]> {
+    return (await this.#trashEntries(tenant)).map(({ key: _key, ...e }) => e);
+  }
+
+  async undelete(tenant: string, match: (e: TrashEntry) => boolean = () => true): Promise<number> {
+    let n = 0;
+    for (const e of await this.#trashEntries(tenant)) {
+      if (!match(e)) continue;
+      const key = this.#fileKey(tenant, e.type, e.name);
+      if (await this.#head(key) === null) {
+        await this.#send(`restore ${e.type} ${e.name.slice(0, 16)} of tenant ${tenant} from the trash in`,
+          new CopyObjectCommand({ Bucket: this.#o.bucket, Key: key, CopySource: copySource(this.#o.bucket, e.key), ...this.#retention() }));
+        n++;
+      }
+      await this.#removeLive(e.key);
+    }
+    this.#usage.delete(tenant);
+    return n;
+  }
+
+  async purge(before: Date): Promise<number> {
+    let n = 0;
+    const cut = before.getTime();
+    for (const tenant of await this.tenants()) {
+      const base = this.#tenantKey(tenant);
+      // Tombstones older than the cut-off: every version of each (and, on a
+      // locked bucket, those a restore left hidden under a delete marker).
+      const trashPrefix = `${base}trash/`;
+      if (this.#info.versioned) {
+        // Every version of a tombstone (a restored one hides under a delete
+        // marker), and the versions a delete left hidden under its live key:
+        // written before it was deleted, so out of retention by now.
+        const byKey = new Map<string, { versionId: string; latest: boolean; marker: boolean }[]>();
+        for (const v of await this.#versions(trashPrefix)) {
+          const m = TRASH_ENTRY.exec(v.key.slice(trashPrefix.length));
+          if (!m || Number(m[1]) >= cut) continue;
+          byKey.set(v.key, [...byKey.get(v.key) ?? [], v]);
+        }
+        for (const [key, versions] of byKey) {
+          const m = TRASH_ENTRY.exec(key.slice(trashPrefix.length))!;
+          let kept = false;
+          for (const v of versions) kept = !(await this.#deleteVersion(key, v.versionId)) || kept;
+          if (kept) continue;
+          if (versions.some((v) => v.latest && !v.marker)) n++;
+          const live = this.#fileKey(tenant, m[3] as ReplicatedType, m[4]!);
+          for (const v of await this.#versions(live, true)) {
+            if (v.latest && !v.marker) continue; // uploaded again since: that copy stays
+            await this.#deleteVersion(live, v.versionId);
+          }
+        }
+      } else {
+        for (const e of await this.#trashEntries(tenant)) {
+          if (e.deletedAt.getTime() >= cut) continue;
+          await this.#send(`purge ${e.key} from`, new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: e.key }));
+          n++;
+        }
+      }
+      // Uploads abandoned for longer than the grace period.
+      const partialPrefix = `${base}partial/`;
+      const { items } = await this.#list(partialPrefix, undefined, Infinity);
+      for (const i of items) {
+        if (i.modified.getTime() >= cut) continue;
+        const rest = i.key.slice(partialPrefix.length);
+        if (!rest.includes('.lock.')) {
+          const state = await this.#state(i.key);
+          if (state) await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.#o.bucket, Key: state.key, UploadId: state.uploadId })).catch(() => undefined);
+          n++;
+        }
+        await this.#deleteAll(i.key).catch(() => undefined);
+      }
+      // Multipart uploads no state object names (a front-end killed before it saved one).
+      let keyMarker: string | undefined;
+      let idMarker: string | undefined;
+      for (;;) {
+        const r = await this.#send<{ Uploads?: { Key?: string; UploadId?: string; Initiated?: Date }[]; IsTruncated?: boolean; NextKeyMarker?: string; NextUploadIdMarker?: string }>(
+          `list the uploads in progress under ${base} in`,
+          new ListMultipartUploadsCommand({ Bucket: this.#o.bucket, Prefix: base, KeyMarker: keyMarker, UploadIdMarker: idMarker }),
+        );
+        for (const u of r.Uploads ?? []) {
+          if ((u.Initiated?.getTime() ?? 0) >= cut) continue;
+          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.#o.bucket, Key: u.Key!, UploadId: u.UploadId! })).catch(() => undefined);
+        }
+        if (!r.IsTruncated) break;
+        keyMarker = r.NextKeyMarker;
+        idMarker = r.NextUploadIdMarker;
+      }
+      this.#usage.delete(tenant);
+    }
+    return n;
+  }
+
+  /** Deletes one version for good; false when Object Lock still holds it (the next purge tries again). */
+  async #deleteVersion(key: string, versionId: string): Promise<boolean> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: key, VersionId: versionId }));
+      return true;
+    } catch (err) {
+      const e = this.#error(`purge ${key} from`, err);
+      if (e.code === 'HF_STORE_S3_ACCESS_DENIED' && /object lock|retention/i.test(String((err as Error).message))) return false;
+      throw e;
+    }
+  }
+
+  /**
+   * Usage from one listing of the tenant's keys, reused for usageTtlSeconds
+   * (plus what this front-end committed since): a quota check costs no
+   * listing per request, and may be overshot by what other front-ends
+   * accepted within that time.
+   */
+  async usage(tenant: string): Promise<TenantUsage> {
+    const cached = this.#usage.get(tenant);
+    if (cached && Date.now() - cached.at < this.#o.usageTtlSeconds * 1000) return cached.usage;
+    const base = this.#tenantKey(tenant);
+    const u: TenantUsage = { files: 0, bytes: 0, partialBytes: 0, trashBytes: 0 };
+    const { items } = await this.#list(base, undefined, Infinity);
+    for (const i of items) {
+      const rest = i.key.slice(base.length);
+      if (rest.startsWith('trash/')) u.trashBytes += i.size;
+      else if (rest.startsWith('partial/')) {
+        if (rest.includes('.lock.')) continue;
+        const state = await this.#state(i.key).catch(() => null);
+        if (state) u.partialBytes += state.parts.reduce((n, p) => n + p.size, 0);
+      } else {
+        u.files++;
+        u.bytes += i.size;
+      }
+    }
+    this.#usage.set(tenant, { at: Date.now(), usage: u });
+    return u;
+  }
+
+  #addUsage(tenant: string, bytes: number): void {
+    const c = this.#usage.get(tenant);
+    if (c) c.usage = { ...c.usage, bytes: c.usage.bytes + bytes, files: c.usage.files + 1 };
+  }
+
+  async tenants(): Promise<string[]> {
+    const prefix = `${this.#o.prefix}tenants/`;
+    const out: string[] = [];
+    let token: string | undefined;
+    for (;;) {
+      const r = await this.#send<{ CommonPrefixes?: { Prefix?: string }[]; IsTruncated?: boolean; NextContinuationToken?: string }>(
+        'list the tenants in',
+        new ListObjectsV2Command({ Bucket: this.#o.bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }),
+      );
+      for (const p of r.CommonPrefixes ?? []) {
+        const t = p.Prefix!.slice(prefix.length, -1);
+        if (/^[a-z0-9][a-z0-9-]{0,62}$/.test(t)) out.push(t);
+      }
+      if (!r.IsTruncated) break;
+      token = r.NextContinuationToken;
+    }
+    return out.sort();
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+}
+
+function copySource(bucket: string, key: string): string {
+  return `${bucket}/${key.split('/').map(encodeURIComponent).join('/')}`;
+}
+
+/**
+ * Sets x-amz-content-sha256 on a command from a SHA-256 computed on the
+ * threadpool, so the SigV4 signer uses it instead of hashing the body on the
+ * event loop.
+ */
+async function withPayloadHash(cmd: { middlewareStack: { add: (mw: never, o: { step: 'build'; name: string }) => void } }, parts: Buffer[]): Promise<void> {
+  const hex = (await sha256(parts)).toString('hex');
+  cmd.middlewareStack.add(((next: (a: { request: { headers: Record<string, string> } }) => Promise<unknown>) => (args: { request: { headers: Record<string, string> } }) => {
+    args.request.headers['x-amz-content-sha256'] = hex;
+    return next(args);
+  }) as never, { step: 'build', name: 'holdfastPayloadHash' });
+}
+
+interface UploadContext {
+  type: ReplicatedType;
+  key: string;
+  partialKey: string;
+  what: string;
+  digest: string;
+  lease: Lease;
+  state: UploadState | null;
+  partSize: number;
+  singlePutMax: number;
+  onCommitted: (size: number) => void;
+}
+
+/**
+ * One upload into S3. Writes arrive in order (the session writes one after
+ * another); bytes are gathered into parts of partSize; each full part is
+ * hashed (threadpool), sent, and recorded with the hash state after it. Up
+ * to two parts are in flight. Bytes not yet in a recorded part are lost when
+ * the upload closes without commit; `stored` is always a part boundary.
+ */
+class S3Upload implements Upload {
+  readonly stored: number;
+  readonly #b: S3StoreBackend;
+  readonly #c: UploadContext;
+  #uploadId: string | null;
+  /** Recorded parts (S3 has them, the state object names them). */
+  #parts: PartRecord[];
+  /** Hash of every byte in parts sent or being sent. */
+  #hasher: Hasher;
+  /** Bytes gathered for the next part (or the whole file, while it may still go in one PUT). */
+  #pending: Buffer[] = [];
+  #pendingLength = 0;
+  /** Parts being sent, in order. */
+  #inflight: { n: number; size: number; hash: string; done: Promise<PartRecord> }[] = [];
+  /** Bytes in recorded + in-flight parts. */
+  #sent: number;
+  #stateVersion: string | undefined;
+  #stateChain: Promise<void> = Promise.resolve();
+  #failed: unknown = null;
+  #closed = false;
+
+  constructor(b: S3StoreBackend, c: UploadContext) {
+    this.#b = b;
+    this.#c = c;
+    this.#uploadId = c.state?.uploadId ?? null;
+    this.#parts = c.state?.parts ?? [];
+    this.stored = this.#parts.reduce((n, p) => n + p.size, 0);
+    this.#sent = this.stored;
+    const last = this.#parts.at(-1);
+    this.#hasher = last ? Hasher.fromState(Buffer.from(last.hash, 'base64')) : new Hasher();
+  }
+
+  get #end(): number {
+    return this.#sent + this.#pendingLength;
+  }
+
+  async resumeAt(offset: number): Promise<{ at: number; hasher: Hasher }> {
+    // Rewind to the last recorded part boundary at or before offset.
+    let at = 0;
+    let keep = 0;
+    for (const p of this.#parts) {
+      if (at + p.size > offset) break;
+      at += p.size;
+      keep++;
+    }
+    if (keep < this.#parts.length) {
+      this.#parts = this.#parts.slice(0, keep);
+      this.#sent = at;
+      this.#hasher = keep > 0 ? Hasher.fromState(Buffer.from(this.#parts[keep - 1]!.hash, 'base64')) : new Hasher();
+      await this.#saveState();
+    }
+    const hasher = keep > 0 ? Hasher.fromState(Buffer.from(this.#parts[keep - 1]!.hash, 'base64')) : new Hasher();
+    return { at, hasher };
+  }
+
+  #check(): void {
+    if (this.#failed) throw this.#failed;
+    if (this.#c.lease.lost()) throw new HoldfastError('HF_STORE_BUSY', `${this.#c.what}: another front-end took over this upload (this one was silent past its lease)`);
+  }
+
+  async write(parts: readonly Uint8Array[], position: number): Promise<void> {
+    this.#check();
+    let at = position;
+    for (const p of parts) {
+      let piece = Buffer.from(p.buffer, p.byteOffset, p.length);
+      const end = this.#end;
+      if (at + piece.length <= end) { at += piece.length; continue; } // bytes it has already
+      if (at > end) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write at ${at}, but the upload ends at ${end}`);
+      piece = piece.subarray(end - at);
+      at = end + piece.length;
+      // copied: the caller's buffers go back to a pool once this resolves
+      this.#pending.push(Buffer.from(piece));
+      this.#pendingLength += piece.length;
+    }
+    // Past the single-PUT size, full parts go out as they fill.
+    if (this.#sent + this.#pendingLength > this.#c.singlePutMax || this.#uploadId !== null) {
+      while (this.#pendingLength >= this.#c.partSize) await this.#sendPart(this.#take(this.#c.partSize));
+    }
+  }
+
+  /** Takes n bytes off the front of the pending buffers. */
+  #take(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    let need = n;
+    while (need > 0) {
+      const first = this.#pending[0]!;
+      if (first.length <= need) { out.push(first); this.#pending.shift(); need -= first.length; }
+      else { out.push(first.subarray(0, need)); this.#pending[0] = first.subarray(need); need = 0; }
+    }
+    this.#pendingLength -= n;
+    return out;
+  }
+
+  async #ensureUpload(): Promise<string> {
+    if (this.#uploadId === null) {
+      try {
+        // Retention is set once the object exists (S3 applies it at
+        // completion on AWS; Ceph ignores it on CreateMultipartUpload).
+        const r = await this.#b.client.send(new CreateMultipartUploadCommand({ Bucket: this.#b.bucket, Key: this.#c.key, ...this.#b.retention() }));
+        this.#uploadId = r.UploadId!;
+      } catch (err) {
+        throw this.#b.error(`begin the upload of ${this.#c.what} in`, err);
+      }
+    }
+    return this.#uploadId;
+  }
+
+  async #sendPart(bytes: Buffer[], record = true): Promise<void> {
+    const size = bytes.reduce((n, b) => n + b.length, 0);
+    const n = this.#parts.length + this.#inflight.length + 1;
+    if (n > MAX_PARTS) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: more than ${MAX_PARTS} parts; the file is too large for the part size`);
+    // The last part (sent at commit, already hashed there) carries no resumable state.
+    if (record) await this.#hasher.update(bytes);
+    const hash = record ? this.#hasher.state().toString('base64') : '';
+    const uploadId = await this.#ensureUpload();
+    this.#sent += size;
+    const done = (async (): Promise<PartRecord> => {
+      const body = bytes.length === 1 ? bytes[0]! : Buffer.concat(bytes, size);
+      const cmd = new UploadPartCommand({ Bucket: this.#b.bucket, Key: this.#c.key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: size });
+      await withPayloadHash(cmd as never, [body]);
+      try {
+        const r = await this.#b.client.send(cmd);
+        return { n, size, etag: r.ETag ?? '', hash };
+      } catch (err) {
+        throw this.#b.error(`send part ${n} of ${this.#c.what} to`, err);
+      }
+    })();
+    done.catch((err: unknown) => { this.#failed ??= err; });
+    this.#inflight.push({ n, size, hash, done });
+    // At most two in flight: wait for the oldest, record it, and go on.
+    while (this.#inflight.length > 1) await this.#settleOldest();
+  }
+
+  async #settleOldest(): Promise<void> {
+    const first = this.#inflight[0]!;
+    const rec = await first.done;
+    this.#inflight.shift();
+    this.#parts.push(rec);
+    if (rec.hash !== '') await this.#saveState();
+  }
+
+  /** Writes the state object (one write at a time, in order); on a versioned bucket the version it replaces goes. */
+  #saveState(): Promise<void> {
+    const next = this.#stateChain.then(async () => {
+      if (this.#uploadId === null) return;
+      const state: UploadState = { v: 1, uploadId: this.#uploadId, key: this.#c.key, partSize: this.#c.partSize, parts: this.#parts };
+      const r = await this.#b.put(this.#c.partialKey, Buffer.from(JSON.stringify(state))).catch((err: unknown) => { throw this.#b.error(`record the upload of ${this.#c.what} in`, err); });
+      if (this.#b.info.versioned && this.#stateVersion && r.VersionId !== this.#stateVersion) {
+        await this.#b.client.send(new DeleteObjectCommand({ Bucket: this.#b.bucket, Key: this.#c.partialKey, VersionId: this.#stateVersion })).catch(() => undefined);
+      }
+      this.#stateVersion = r.VersionId;
+    });
+    this.#stateChain = next.catch(() => undefined);
+    return next;
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#inflight.length > 0) await this.#settleOldest();
+  }
+
+  async commit(size: number, hashed?: string): Promise<void> {
+    this.#check();
+    try {
+      await this.#drain();
+      const total = this.#sent + this.#pendingLength;
+      if (total !== size) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: ${total} bytes stored, ${size} announced`);
+      const rest = this.#take(this.#pendingLength);
+      // the digest of exactly the bytes in the parts and the rest, checked before the object exists
+      const hasher = this.#parts.length > 0 ? Hasher.fromState(Buffer.from(this.#parts.at(-1)!.hash, 'base64')) : new Hasher();
+      await hasher.update(rest);
+      const got = hasher.digest().toString('hex');
+      if (got !== this.#c.digest || (hashed !== undefined && hashed !== got)) {
+        await this.discard();
+        throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
+          `${this.#c.what}: the ${size} bytes received hash to ${got.slice(0, 16)}…, not to the announced ${this.#c.digest.slice(0, 16)}…; the upload was discarded and will be sent again`);
+      }
+      const existing = await this.#b.head(this.#c.key);
+      if (existing !== null) {
+        await this.#sameAsExisting(existing.size, size);
+        await this.#abort();
+        return;
+      }
+      if (this.#uploadId === null) {
+        try {
+          await this.#b.put(this.#c.key, rest, { ...this.#b.retention(), IfNoneMatch: '*' });
+        } catch (err) {
+          const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+          if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412) throw this.#b.error(`store ${this.#c.what} in`, err);
+          await this.#sameAsExisting((await this.#b.head(this.#c.key))?.size ?? -1, size);
+          return;
+        }
+      } else {
+        if (rest.length > 0) {
+          await this.#sendPart(rest, false);
+          await this.#drain();
+        }
+        try {
+          await this.#b.client.send(new CompleteMultipartUploadCommand({
+            Bucket: this.#b.bucket, Key: this.#c.key, UploadId: this.#uploadId,
+            MultipartUpload: { Parts: this.#parts.map((p) => ({ PartNumber: p.n, ETag: p.etag })) },
+          }));
+        } catch (err) {
+          throw this.#b.error(`complete the upload of ${this.#c.what} in`, err);
+        }
+        this.#uploadId = null;
+        const retention = this.#b.retention();
+        if (retention.ObjectLockMode) {
+          await this.#b.client.send(new PutObjectRetentionCommand({ Bucket: this.#b.bucket, Key: this.#c.key, Retention: { Mode: retention.ObjectLockMode, RetainUntilDate: retention.ObjectLockRetainUntilDate } }))
+            .catch((err: unknown) => { throw this.#b.error(`set the retention of ${this.#c.what} in`, err); });
+        }
+        await this.#b.deleteAll(this.#c.partialKey).catch(() => undefined);
+      }
+      this.#c.onCommitted(size);
+    } finally {
+      await this.#release();
+    }
+  }
+
+  /** An object already there: fine when it is this file (content-addressed: same size; else same digest). */
+  async #sameAsExisting(have: number, size: number): Promise<void> {
+    let same = have === size;
+    if (same && !contentAddressed(this.#c.type)) {
+      const bytes = await this.#b.getBytes(this.#c.key);
+      same = bytes !== null && (await sha256([bytes])).toString('hex') === this.#c.digest;
+    }
+    if (!same) throw new HoldfastError('HF_STORE_EXISTS', `the store holds a different ${this.#c.what}`);
+  }
+
+  async #abort(): Promise<void> {
+    if (this.#uploadId !== null) {
+      await this.#b.client.send(new AbortMultipartUploadCommand({ Bucket: this.#b.bucket, Key: this.#c.key, UploadId: this.#uploadId })).catch(() => undefined);
+      this.#uploadId = null;
+    }
+    await this.#b.deleteAll(this.#c.partialKey).catch(() => undefined);
+  }
+
+  async discard(): Promise<void> {
+    await Promise.allSettled(this.#inflight.map((p) => p.done));
+    this.#inflight = [];
+    await this.#stateChain;
+    await this.#abort();
+    this.#parts = [];
+    await this.#release();
+  }
+
+  async #release(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#pending = [];
+    this.#pendingLength = 0;
+    await this.#c.lease.release();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    // Parts in flight are recorded if they arrive; gathered bytes short of a part are dropped.
+    while (this.#inflight.length > 0) {
+      try { await this.#settleOldest(); } catch { this.#inflight = []; }
+    }
+    await this.#stateChain;
+    await this.#release();
+  }
+}
+
