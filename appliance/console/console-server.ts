@@ -160,7 +160,17 @@ export async function startConsole(o: ConsoleOptions): Promise<{ url: string; fi
     return fail(reply, 500, code && code.startsWith('HF_') ? code : 'HF_IO', (err as Error).message);
   });
 
-  await app.listen({ host: o.host, port: o.port });
+  // Not app.listen: on 0.0.0.0 fastify lists every interface to log its
+  // addresses (os.networkInterfaces, a netlink socket), which the unit's
+  // RestrictAddressFamilies= rightly refuses.
+  await app.ready();
+  await new Promise<void>((resolve, reject) => {
+    app.server.once('error', reject);
+    app.server.listen({ host: o.host, port: o.port }, () => {
+      app.server.off('error', reject);
+      resolve();
+    });
+  });
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : o.port;
   const url = `https://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`;
@@ -169,7 +179,10 @@ export async function startConsole(o: ConsoleOptions): Promise<{ url: string; fi
     // what a browser shows for the self-signed certificate, to compare before trusting it
     fingerprint: `SHA256:${new X509Certificate(fs.readFileSync(certFile)).fingerprint256}`,
     close: async () => {
+      const closed = app.server.listening ? new Promise((resolve) => app.server.close(resolve)) : Promise.resolve();
+      app.server.closeAllConnections();
       await app.close();
+      await closed;
       await engine.close();
     },
   };
