@@ -177,3 +177,32 @@ t.test('`holdfast agent --once` as a process: enrolls from the provisioning file
   t.not(third.code, 0, 'with its identity gone, the used token cannot enroll it again');
   t.match(third.stderr, /HF_ENROLL_TOKEN/, 'HF_ENROLL_TOKEN says so');
 });
+
+t.test('a release unpacked under the agent\'s umask 0077 is still readable and executable by every service user', async (t) => {
+  const dir = tmpDir(t);
+  const root = path.join(dir, 'opt');
+  const bundle = await lightRelease(dir, '1.0.0');
+  const before = process.umask(0o077);
+  try {
+    await installRelease(root, bundle, '1.0.0');
+  } finally {
+    process.umask(before);
+  }
+  const bad: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await fsp.readdir(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      const mode = (await fsp.lstat(p)).mode & 0o777;
+      if (e.isDirectory()) {
+        if ((mode & 0o005) !== 0o005) bad.push(`${path.relative(root, p)} ${mode.toString(8)}`);
+        await walk(p);
+      } else if (e.isFile() && (mode & 0o004) === 0) bad.push(`${path.relative(root, p)} ${mode.toString(8)}`);
+    }
+  };
+  for (const d of [path.join(root, 'releases'), path.join(root, 'releases', '1.0.0')]) {
+    const mode = (await fsp.stat(d)).mode & 0o777;
+    if (mode !== 0o755) bad.push(`${path.relative(root, d)} ${mode.toString(8)}`);
+  }
+  await walk(path.join(root, 'releases', '1.0.0'));
+  t.same(bad, [], 'every directory is r-x and every file r-- for others (a DynamicUser= console runs from it)');
+});

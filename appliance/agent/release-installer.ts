@@ -46,13 +46,18 @@ export async function currentRelease(root: string): Promise<InstalledRelease | n
 export async function installRelease(root: string, bundle: string, version: string): Promise<InstalledRelease> {
   if (!RELEASE_NAME.test(version)) throw new HoldfastError('HF_INVALID_ARGUMENT', `version ${JSON.stringify(version)} is not a release version`);
   const releases = path.join(root, 'releases');
+  // Every service runs from the release, the console as a user of its own:
+  // the tree is world-readable whatever the agent's umask (its unit has 0077).
   await fsp.mkdir(releases, { recursive: true, mode: 0o755 });
+  await fsp.chmod(releases, 0o755);
   const tmp = path.join(releases, `.${version}.tmp-${process.pid}`);
   const dir = path.join(releases, version);
   await fsp.rm(tmp, { recursive: true, force: true });
   await fsp.mkdir(tmp, { mode: 0o755 });
+  await fsp.chmod(tmp, 0o755);
   try {
     await tar.extract({ file: bundle, cwd: tmp, strict: true, preserveOwner: false });
+    await worldReadable(tmp);
     const m = await readManifest(tmp);
     if (m.version !== version) throw new HoldfastError('HF_UPDATE_VERIFY', `the bundle says it is ${m.version}, not ${version}`);
     const cur = await currentRelease(root);
@@ -66,6 +71,20 @@ export async function installRelease(root: string, bundle: string, version: stri
     await fsp.rm(tmp, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 }).catch(() => undefined);
     if (err instanceof HoldfastError) throw err;
     throw ioError(`cannot unpack release ${version} into ${releases}`, err);
+  }
+}
+
+/**
+ * Directories 0755, files 0644 (0755 when executable by their owner): what
+ * node-tar created is masked by the process umask, and the console, a user of
+ * its own, must read (and exec bin/node from) the release too.
+ */
+async function worldReadable(dir: string): Promise<void> {
+  await fsp.chmod(dir, 0o755);
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await worldReadable(p);
+    else if (e.isFile()) await fsp.chmod(p, ((await fsp.stat(p)).mode & 0o100) ? 0o755 : 0o644);
   }
 }
 
