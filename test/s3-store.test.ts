@@ -142,7 +142,7 @@ if (!cephInstalled()) {
       if (!taken) await new Promise((r) => setTimeout(r, 500));
     }
     t.ok(taken, `taken over ${((Date.now() - start) / 1000).toFixed(1)} s after the kill (lease 3 s)`);
-    t.ok(taken!.stored === PART || taken!.stored === 2 * PART, `it resumes at a part the killed front-end recorded (${taken!.stored / PART} of 3 sent; the last was in flight)`);
+    t.ok(taken!.stored >= PART && taken!.stored <= 3 * PART && taken!.stored % PART === 0, `it resumes at a part boundary the killed front-end reached (${taken!.stored / PART} of the 3 parts it sent are in S3)`);
     const sent: number[] = [];
     b.client.middlewareStack.add((next, ctx) => async (args) => {
       if (ctx.commandName === 'UploadPartCommand') sent.push((args.input as { PartNumber: number }).PartNumber);

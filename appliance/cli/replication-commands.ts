@@ -11,7 +11,7 @@ import {
 } from '../replication/index.ts';
 import { Lock, Repository } from '../repository/index.ts';
 import { listSnapshots } from '../snapshot/index.ts';
-import { FsStoreBackend, StoreServer, assertTenant, importSeed } from '../store/index.ts';
+import { FsStoreBackend, S3StoreBackend, type StoreBackend, StoreServer, assertTenant, importSeed } from '../store/index.ts';
 import { LocalStorage } from '../storage/index.ts';
 import { type GlobalOptions, credentials, repoLocation, untilAborted } from './context.ts';
 import { type Output, bytes, duration } from './output.ts';
@@ -24,6 +24,64 @@ export interface CommandContext {
 }
 
 /** `30d`, `12h`, `90m`, `45s` (or bare seconds) → seconds. */
+interface BackendFlags {
+  dir?: string;
+  backend: string;
+  s3Endpoint?: string;
+  s3Bucket?: string;
+  s3Region?: string;
+  s3PathStyle?: boolean;
+  s3Prefix?: string;
+  s3LockMode?: string;
+  s3ClaimLease?: number;
+  s3PartSize?: number;
+  s3SinglePutMax?: number;
+}
+
+/** The options that say where a store keeps its files: a directory (default) or an S3 bucket. */
+function backendOptions(cmd: Command): Command {
+  return cmd
+    .option('--dir <dir>', 'the store directory (--backend fs; several serve processes may share it)')
+    .option('--backend <kind>', 'fs (a directory) or s3 (a bucket of an S3-compatible object store)', 'fs')
+    .option('--s3-endpoint <url>', 'the S3 API, e.g. http://rgw.example:7480 (default: AWS S3 of the region)')
+    .option('--s3-bucket <name>', 'the bucket (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)')
+    .option('--s3-region <region>', 'the region', 'us-east-1')
+    .option('--s3-path-style', 'bucket in the path, not the host name (Ceph RGW, MinIO)')
+    .option('--s3-prefix <prefix>', 'a key prefix ending in / (several stores in one bucket)')
+    .option('--s3-lock-mode <mode>', 'Object Lock retention mode: COMPLIANCE (nobody can shorten it) or GOVERNANCE', 'COMPLIANCE')
+    .option('--s3-claim-lease <duration>', 'how soon another front-end may take over an upload whose front-end died', parseDuration, 15)
+    .option('--s3-part-size <size>', 'multipart part size (at least 5MiB; what a resumed upload keeps)', parseSize, 16 * 2 ** 20)
+    .option('--s3-single-put-max <size>', 'files up to this size go in one PUT (buffered; not resumable)', parseSize, 32 * 2 ** 20);
+}
+
+/** Opens the store's backend; a directory is created only when `create` (serve, import). */
+async function openBackend(o: BackendFlags, graceSeconds: number, create = false): Promise<StoreBackend & { describe(): string }> {
+  if (o.backend === 'fs') {
+    if (!o.dir) throw new HoldfastError('HF_USAGE', '--dir is required with --backend fs (the default)');
+    const b = new FsStoreBackend(o.dir);
+    if (create) await b.initialize();
+    return Object.assign(b, { describe: () => path.resolve(o.dir!) });
+  }
+  if (o.backend !== 's3') throw new HoldfastError('HF_USAGE', `--backend '${o.backend}': give fs or s3`);
+  if (!o.s3Bucket) throw new HoldfastError('HF_USAGE', '--s3-bucket is required with --backend s3');
+  if (o.s3LockMode !== 'COMPLIANCE' && o.s3LockMode !== 'GOVERNANCE') throw new HoldfastError('HF_USAGE', `--s3-lock-mode '${o.s3LockMode}': give COMPLIANCE or GOVERNANCE`);
+  if (o.s3Endpoint !== undefined && !/^https?:\/\/[^/]+\/?$/.test(o.s3Endpoint)) throw new HoldfastError('HF_USAGE', `--s3-endpoint '${o.s3Endpoint}': give http(s)://HOST[:PORT]`);
+  const b = new S3StoreBackend({
+    ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), bucket: o.s3Bucket, region: o.s3Region ?? 'us-east-1',
+    pathStyle: o.s3PathStyle === true, ...(o.s3Prefix ? { prefix: o.s3Prefix } : {}), graceSeconds, lockMode: o.s3LockMode,
+    leaseSeconds: Math.max(3, o.s3ClaimLease ?? 15),
+    ...(o.s3PartSize !== undefined ? { partSize: o.s3PartSize } : {}),
+    ...(o.s3SinglePutMax !== undefined ? { singlePutMax: o.s3SinglePutMax } : {}),
+  });
+  try {
+    await b.initialize();
+  } catch (err) {
+    await b.close();
+    throw err;
+  }
+  return Object.assign(b, { describe: () => b.location });
+}
+
 export function parseDuration(value: string): number {
   const m = /^(\d+(?:\.\d+)?)(s|m|h|d|w)?$/.exec(value.trim());
   if (!m) throw new InvalidArgumentError('expected a duration such as 30d, 12h, 90m or 45s');
@@ -119,9 +177,8 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
     }));
 
   const store = program.command('store').description('the offsite store role');
-  store.command('serve')
-    .description('serve a store directory to appliances (TLS 1.3, mutual certificates)')
-    .requiredOption('--dir <dir>', 'the store directory (several serve processes may share it)')
+  backendOptions(store.command('serve')
+    .description('serve a store to appliances (TLS 1.3, mutual certificates) from a directory or an S3 bucket'))
     .requiredOption('--listen <host:port>', 'address to listen on', listenOption)
     .requiredOption('--cert <file>', 'the store\'s certificate')
     .requiredOption('--key <file>', 'the store\'s key')
@@ -130,14 +187,17 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
     .option('--grace <duration>', 'how long a deleted file stays recoverable', parseDuration, 30 * 86400)
     .option('--quota <size>', 'bytes each tenant may use', parseSize)
     .option('--name <name>', 'the store\'s name told to clients', 'store')
-    .action(action(async (_g, o: { dir: string; listen: { host: string; port: number }; cert: string; key: string; ca: string; crl?: string; grace: number; quota?: number; name: string }) => {
+    .action(action(async (_g, o: BackendFlags & { listen: { host: string; port: number }; cert: string; key: string; ca: string; crl?: string; grace: number; quota?: number; name: string }) => {
       const loadTls = async () => ({
         cert: Buffer.from(await readPem(o.cert, 'certificate')), key: Buffer.from(await readPem(o.key, 'key')),
         ca: Buffer.from(await readPem(o.ca, 'CA certificate')), ...(o.crl ? { crl: Buffer.from(await readPem(o.crl, 'CRL')) } : {}),
       });
-      const backend = new FsStoreBackend(o.dir);
-      await backend.initialize();
       const log = (e: Record<string, unknown>) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
+      const backend = await openBackend(o, o.grace, true);
+      if (backend instanceof S3StoreBackend) {
+        if (backend.info.objectLock) log({ event: 'object-lock', enabled: true, mode: o.s3LockMode, retentionSeconds: o.grace, message: `every object is retained ${o.grace} s (${o.s3LockMode}) by the bucket itself` });
+        else log({ event: 'object-lock', enabled: false, message: `bucket ${o.s3Bucket} has no Object Lock: anyone with these credentials can destroy offsite copies at once; for immutability create the bucket with Object Lock enabled` });
+      }
       const server = new StoreServer({ backend, tls: await loadTls(), name: o.name, graceSeconds: o.grace, quota: o.quota ?? null, log });
       const addr = await server.listen(o.listen.host, o.listen.port);
       const purge = async () => {
@@ -148,23 +208,22 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
       const timer = setInterval(() => void purge(), Math.min(3600, Math.max(1, o.grace / 4)) * 1000);
       const onHup = () => void loadTls().then((t) => { server.reloadTls(t); log({ event: 'reloaded' }); }, (err: unknown) => log({ event: 'reload-failed', message: (err as Error).message }));
       process.on('SIGHUP', onHup);
-      out().line(`store ${o.name} serving ${path.resolve(o.dir)} on ${endpointText({ host: addr.address, port: addr.port })}`);
-      out().result({ listening: { host: addr.address, port: addr.port }, dir: path.resolve(o.dir), pid: process.pid });
+      out().line(`store ${o.name} serving ${backend.describe()} on ${endpointText({ host: addr.address, port: addr.port })}`);
+      out().result({ listening: { host: addr.address, port: addr.port }, backend: o.backend, location: backend.describe(), ...(o.backend === 'fs' ? { dir: backend.describe() } : {}), pid: process.pid });
       await untilAborted(ctx.signal);
       clearInterval(timer);
       process.off('SIGHUP', onHup);
       await server.close();
+      await backend.close();
       return ctx.exit.ok;
     }));
-  store.command('import')
-    .description('install a shipped-disk seed (from `holdfast seed export`) for a tenant')
-    .requiredOption('--dir <dir>', 'the store directory')
+  backendOptions(store.command('import')
+    .description('install a shipped-disk seed (from `holdfast seed export`) for a tenant'))
     .requiredOption('--tenant <name>', 'the appliance\'s certificate name')
     .requiredOption('--from <dir>', 'the seed')
-    .action(action(async (_g, o: { dir: string; tenant: string; from: string }) => {
+    .action(action(async (_g, o: BackendFlags & { tenant: string; from: string }) => {
       assertTenant(o.tenant);
-      const backend = new FsStoreBackend(o.dir);
-      await backend.initialize();
+      const backend = await openBackend(o, 30 * 86400, true);
       try {
         const r = await importSeed(backend, o.tenant, o.from);
         out().line(`imported ${r.files} files (${bytes(r.bytes)}) for tenant ${o.tenant}; ${r.present} were already there`);
@@ -173,37 +232,48 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
         await backend.close();
       }
     }));
-  store.command('trash')
-    .description('list a tenant\'s deleted files (recoverable until the grace period ends)')
-    .requiredOption('--dir <dir>', 'the store directory')
+  backendOptions(store.command('trash')
+    .description('list a tenant\'s deleted files (recoverable until the grace period ends)'))
     .requiredOption('--tenant <name>', 'the tenant')
-    .action(action(async (_g, o: { dir: string; tenant: string }) => {
-      const backend = new FsStoreBackend(o.dir);
-      const t = await backend.trash(o.tenant);
-      for (const e of t) out().line(`${e.deletedAt.toISOString()}  ${e.type.padEnd(8)} ${e.name}  ${bytes(e.size)}`);
-      out().result({ tenant: o.tenant, files: t.map((e) => ({ ...e, deletedAt: e.deletedAt.toISOString() })) });
+    .action(action(async (_g, o: BackendFlags & { tenant: string }) => {
+      const backend = await openBackend(o, 30 * 86400);
+      try {
+        const t = await backend.trash(o.tenant);
+        for (const e of t) out().line(`${e.deletedAt.toISOString()}  ${e.type.padEnd(8)} ${e.name}  ${bytes(e.size)}`);
+        out().result({ tenant: o.tenant, files: t.map((e) => ({ ...e, deletedAt: e.deletedAt.toISOString() })) });
+      } finally {
+        await backend.close();
+      }
     }));
-  store.command('undelete')
-    .description('put a tenant\'s deleted files back (all, or those deleted since a time)')
-    .requiredOption('--dir <dir>', 'the store directory')
+  backendOptions(store.command('undelete')
+    .description('put a tenant\'s deleted files back (all, or those deleted since a time)'))
     .requiredOption('--tenant <name>', 'the tenant')
     .option('--since <time>', 'only files deleted at or after this time (ISO)')
-    .action(action(async (_g, o: { dir: string; tenant: string; since?: string }) => {
+    .option('--grace <duration>', 'the store\'s grace period (the retention restored files get on a locked bucket)', parseDuration, 30 * 86400)
+    .action(action(async (_g, o: BackendFlags & { tenant: string; since?: string; grace: number }) => {
       const since = o.since === undefined ? -Infinity : Date.parse(o.since);
       if (Number.isNaN(since)) throw new HoldfastError('HF_USAGE', `--since '${o.since}': give a time like 2026-11-20T18:00:00Z`);
-      const backend = new FsStoreBackend(o.dir);
-      const n = await backend.undelete(o.tenant, (e) => e.deletedAt.getTime() >= since);
-      out().line(`restored ${n} file(s) of tenant ${o.tenant}`);
-      out().result({ tenant: o.tenant, restored: n });
+      const backend = await openBackend(o, o.grace);
+      try {
+        const n = await backend.undelete(o.tenant, (e) => e.deletedAt.getTime() >= since);
+        out().line(`restored ${n} file(s) of tenant ${o.tenant}`);
+        out().result({ tenant: o.tenant, restored: n });
+      } finally {
+        await backend.close();
+      }
     }));
-  store.command('purge')
-    .description('delete for good what was deleted longer ago than the grace period')
-    .requiredOption('--dir <dir>', 'the store directory')
+  backendOptions(store.command('purge')
+    .description('delete for good what was deleted longer ago than the grace period'))
     .option('--grace <duration>', 'the grace period', parseDuration, 30 * 86400)
-    .action(action(async (_g, o: { dir: string; grace: number }) => {
-      const n = await new FsStoreBackend(o.dir).purge(new Date(Date.now() - o.grace * 1000));
-      out().line(`purged ${n} file(s)`);
-      out().result({ purged: n });
+    .action(action(async (_g, o: BackendFlags & { grace: number }) => {
+      const backend = await openBackend(o, o.grace);
+      try {
+        const n = await backend.purge(new Date(Date.now() - o.grace * 1000));
+        out().line(`purged ${n} file(s)`);
+        out().result({ purged: n });
+      } finally {
+        await backend.close();
+      }
     }));
 
   const target = program.command('target').description('offsite replication targets of a repository');

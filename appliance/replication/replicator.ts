@@ -169,8 +169,9 @@ export async function replicate(storage: Storage, client: TargetClient, options:
         if (conn.closed) throw new HoldfastError('HF_TARGET_UNREACHABLE', 'connection lost', {});
         let r: { start: number; sent: number; existed: boolean } | null = null;
         try {
-          // A file another connection is still uploading (HF_STORE_BUSY, e.g. a front-end that is
-          // dying) is asked for again a few times; bytes the store rejected (digest) are sent once more from 0.
+          // A file another connection is still uploading (HF_STORE_BUSY: a front-end that is dying,
+          // or one killed whose claim on an S3 upload lapses after its lease, 15 s by default) is
+          // asked for again for up to a minute; bytes the store rejected (digest) are sent once more from 0.
           for (let attempt = 0, from = offset; r === null; attempt++) {
             try {
               r = await conn.put(file, from, async (pos, into) => {
@@ -180,7 +181,7 @@ export async function replicate(storage: Storage, client: TargetClient, options:
               }, options.limiter, signal, options.frameCap?.());
             } catch (err) {
               const code = errorCode(err);
-              if (code === 'HF_STORE_BUSY' && attempt < 10) await new Promise((resolve) => setTimeout(resolve, 1000));
+              if (code === 'HF_STORE_BUSY' && attempt < 30) await new Promise((resolve) => setTimeout(resolve, 2000));
               else if (code === 'HF_STORE_DIGEST_MISMATCH' && attempt < 1) from = 0;
               else throw err;
             }

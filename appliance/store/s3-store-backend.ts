@@ -58,7 +58,7 @@ export interface S3StoreOptions {
   singlePutMax?: number;
   /** Part size of multipart uploads (default 16 MiB; at least 5 MiB). */
   partSize?: number;
-  /** How long an upload's claim lasts without renewal (default 30 s). */
+  /** How long an upload's claim lasts without renewal (default 15 s; renewed every third of it). */
   leaseSeconds?: number;
   /** How long a usage figure is reused before the tenant is listed again (default 60 s). */
   usageTtlSeconds?: number;
@@ -140,7 +140,7 @@ export class S3StoreBackend implements StoreBackend {
       lockMode: o.lockMode ?? 'COMPLIANCE',
       singlePutMax: o.singlePutMax ?? 32 << 20,
       partSize,
-      leaseSeconds: o.leaseSeconds ?? 30,
+      leaseSeconds: o.leaseSeconds ?? 15,
       usageTtlSeconds: o.usageTtlSeconds ?? 60,
     };
     this.location = `s3://${o.bucket}/${prefix}${o.endpoint ? ` at ${o.endpoint}` : ''}`;
@@ -221,6 +221,9 @@ export class S3StoreBackend implements StoreBackend {
     const e = err as { name?: string; $metadata?: { httpStatusCode?: number }; message?: string };
     const status = e.$metadata?.httpStatusCode;
     const where = `bucket ${this.#o.bucket}`;
+    if (e.name === 'CredentialsProviderError') {
+      return new HoldfastError('HF_STORE_S3_ACCESS_DENIED', `cannot ${what} ${where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the store's environment`, { cause: err });
+    }
     if (e.name === 'NoSuchBucket') {
       return new HoldfastError('HF_STORE_S3_NO_BUCKET', `cannot ${what} ${where}: it does not exist; create it (with Object Lock enabled, for immutable offsite copies) or fix --s3-bucket`, { cause: err });
     }
@@ -406,19 +409,21 @@ export class S3StoreBackend implements StoreBackend {
       state = await this.#state(partialKey);
       if (state && (state.key !== key || state.partSize < MIN_PART)) state = null;
       if (state) {
-        // The state object is written after each part; S3's own list of the
-        // parts is what counts. Parts it lacks (an aborted upload) void the
-        // state; parts beyond it (a front-end killed between the two writes)
-        // are sent again.
+        // The state object names each part (with the hash state after it)
+        // before the part is sent; S3's own list of the parts says which
+        // arrived. The parts both name, from the first on, are kept; the
+        // rest (in flight when a front-end died) are sent again.
         const listed = await this.#listParts(key, state.uploadId);
         if (listed === null) state = null;
         else {
           let ok = 0;
-          while (ok < state.parts.length && state.parts[ok]!.hash !== '' && listed.get(state.parts[ok]!.n)?.etag === state.parts[ok]!.etag && listed.get(state.parts[ok]!.n)?.size === state.parts[ok]!.size) ok++;
-          if (ok < state.parts.length) {
-            await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.#o.bucket, Key: key, UploadId: state.uploadId })).catch(() => undefined);
-            state = null;
+          for (const p of state.parts) {
+            const l = listed.get(p.n);
+            if (p.n !== ok + 1 || p.hash === '' || !l || l.size !== p.size) break;
+            p.etag = l.etag;
+            ok++;
           }
+          state.parts = state.parts.slice(0, ok);
         }
       }
     } catch (err) {
@@ -751,7 +756,7 @@ class S3Upload implements Upload {
   readonly #b: S3StoreBackend;
   readonly #c: UploadContext;
   #uploadId: string | null;
-  /** Recorded parts (S3 has them, the state object names them). */
+  /** Parts sent or being sent, in order (the state object names them before they go). */
   #parts: PartRecord[];
   /** Hash of every byte in parts sent or being sent. */
   #hasher: Hasher;
@@ -759,8 +764,8 @@ class S3Upload implements Upload {
   #pending: Buffer[] = [];
   #pendingLength = 0;
   /** Parts being sent, in order. */
-  #inflight: { n: number; size: number; hash: string; done: Promise<PartRecord> }[] = [];
-  /** Bytes in recorded + in-flight parts. */
+  #inflight: Promise<void>[] = [];
+  /** Bytes in those parts. */
   #sent: number;
   #stateVersion: string | undefined;
   #stateChain: Promise<void> = Promise.resolve();
@@ -855,43 +860,42 @@ class S3Upload implements Upload {
 
   async #sendPart(bytes: Buffer[], record = true): Promise<void> {
     const size = bytes.reduce((n, b) => n + b.length, 0);
-    const n = this.#parts.length + this.#inflight.length + 1;
+    const n = this.#parts.length + 1;
     if (n > MAX_PARTS) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: more than ${MAX_PARTS} parts; the file is too large for the part size`);
     // The last part (sent at commit, already hashed there) carries no resumable state.
     if (record) await this.#hasher.update(bytes);
-    const hash = record ? this.#hasher.state().toString('base64') : '';
+    const rec: PartRecord = { n, size, etag: '', hash: record ? this.#hasher.state().toString('base64') : '' };
     const uploadId = await this.#ensureUpload();
+    this.#parts.push(rec);
     this.#sent += size;
-    const done = (async (): Promise<PartRecord> => {
+    // Named in the state before it is sent: a part S3 holds is never sent again.
+    if (record) await this.#saveState();
+    const done = (async (): Promise<void> => {
       const body = bytes.length === 1 ? bytes[0]! : Buffer.concat(bytes, size);
       const cmd = new UploadPartCommand({ Bucket: this.#b.bucket, Key: this.#c.key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: size });
       await withPayloadHash(cmd as never, [body]);
       try {
-        const r = await this.#b.client.send(cmd);
-        return { n, size, etag: r.ETag ?? '', hash };
+        rec.etag = (await this.#b.client.send(cmd)).ETag ?? '';
       } catch (err) {
         throw this.#b.error(`send part ${n} of ${this.#c.what} to`, err);
       }
     })();
     done.catch((err: unknown) => { this.#failed ??= err; });
-    this.#inflight.push({ n, size, hash, done });
-    // At most two in flight: wait for the oldest, record it, and go on.
+    this.#inflight.push(done);
+    // At most two in flight: wait for the oldest, and go on.
     while (this.#inflight.length > 1) await this.#settleOldest();
   }
 
   async #settleOldest(): Promise<void> {
-    const first = this.#inflight[0]!;
-    const rec = await first.done;
+    await this.#inflight[0]!;
     this.#inflight.shift();
-    this.#parts.push(rec);
-    if (rec.hash !== '') await this.#saveState();
   }
 
   /** Writes the state object (one write at a time, in order); on a versioned bucket the version it replaces goes. */
   #saveState(): Promise<void> {
     const next = this.#stateChain.then(async () => {
       if (this.#uploadId === null) return;
-      const state: UploadState = { v: 1, uploadId: this.#uploadId, key: this.#c.key, partSize: this.#c.partSize, parts: this.#parts };
+      const state: UploadState = { v: 1, uploadId: this.#uploadId, key: this.#c.key, partSize: this.#c.partSize, parts: this.#parts.filter((p) => p.hash !== '') };
       const r = await this.#b.put(this.#c.partialKey, Buffer.from(JSON.stringify(state))).catch((err: unknown) => { throw this.#b.error(`record the upload of ${this.#c.what} in`, err); });
       if (this.#b.info.versioned && this.#stateVersion && r.VersionId !== this.#stateVersion) {
         await this.#b.client.send(new DeleteObjectCommand({ Bucket: this.#b.bucket, Key: this.#c.partialKey, VersionId: this.#stateVersion })).catch(() => undefined);
@@ -983,7 +987,7 @@ class S3Upload implements Upload {
   }
 
   async discard(): Promise<void> {
-    await Promise.allSettled(this.#inflight.map((p) => p.done));
+    await Promise.allSettled(this.#inflight);
     this.#inflight = [];
     await this.#stateChain;
     await this.#abort();

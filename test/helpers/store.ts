@@ -47,14 +47,15 @@ export interface StoreProcess {
  * Starts `holdfast store serve` on 127.0.0.1 (port 0 unless given), waits for
  * its "listening" JSON line, and kills it by pid at teardown.
  */
-export async function startStore(t: Teardown, o: { dir: string; pki: Pki; port?: number; store?: string; grace?: string; quota?: string; crl?: boolean; name?: string }): Promise<StoreProcess> {
+export async function startStore(t: Teardown, o: { dir?: string; pki: Pki; port?: number; store?: string; grace?: string; quota?: string; crl?: boolean; name?: string; backend?: string[]; env?: Record<string, string> }): Promise<StoreProcess> {
   const st = o.pki.cert(o.store ?? 'store');
-  const args = ['--json', 'store', 'serve', '--dir', o.dir, '--listen', `127.0.0.1:${o.port ?? 0}`, '--cert', st.cert, '--key', st.key, '--ca', o.pki.ca];
+  const where = o.backend ?? ['--dir', o.dir!];
+  const args = ['--json', 'store', 'serve', ...where, '--listen', `127.0.0.1:${o.port ?? 0}`, '--cert', st.cert, '--key', st.key, '--ca', o.pki.ca];
   if (o.crl !== false) args.push('--crl', o.pki.crl);
   if (o.grace) args.push('--grace', o.grace);
   if (o.quota) args.push('--quota', o.quota);
   if (o.name) args.push('--name', o.name);
-  const child = startCli(args);
+  const child = startCli(args, o.env ?? {});
   let stdout = '';
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString('utf8')).slice(-200_000); });
@@ -75,7 +76,7 @@ export async function startStore(t: Teardown, o: { dir: string; pki: Pki; port?:
     void exited.then((code) => { clearTimeout(timer); reject(new Error(`store exited ${code}: ${stderr}`)); });
   });
   return {
-    child, pid: child.pid!, port, endpoint: `127.0.0.1:${port}`, dir: o.dir, stderr: () => stderr,
+    child, pid: child.pid!, port, endpoint: `127.0.0.1:${port}`, dir: o.dir ?? '', stderr: () => stderr,
     kill: async () => { if (alive) process.kill(child.pid!, 'SIGKILL'); await exited; },
     stop: async () => { if (alive) process.kill(child.pid!, 'SIGTERM'); return exited; },
   };
