@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { CreateBucketCommand, DeleteObjectCommand, ListObjectVersionsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectRetentionCommand, ListObjectVersionsCommand, S3Client } from '@aws-sdk/client-s3';
 import t, { type Test } from 'tap';
 
 import { S3StoreBackend, type S3StoreOptions } from '../appliance/store/index.ts';
@@ -197,6 +197,29 @@ if (!cephInstalled()) {
     t.same(await versions(keyOf(ns)), [], 'no version of the file is left');
     t.same(await versions('tenants/acme/trash/'), [], 'nor of its tombstone');
     t.equal(await b.stat('acme', 'pack', nb), big.length, 'the other file is untouched');
+  });
+
+  t.test('Object Lock: a live file stays under retention for as long as it is live (purge extends it), so it cannot be destroyed even after its first retention ended', async (t) => {
+    const bucket = await newBucket(true);
+    const grace = 4;
+    const b = await open(t, bucket, { graceSeconds: grace });
+    t.equal(await b.refreshRetention(), 0, 'an empty store has nothing to extend');
+    const data = randomBytes(2000);
+    const written = Date.now();
+    const n = await storeFile(b, 'acme', 'pack', data);
+    const key = `tenants/acme/data/${n.slice(0, 2)}/${n}`;
+    const retention = async () => (await admin.send(new GetObjectRetentionCommand({ Bucket: bucket, Key: key }))).Retention!;
+    t.equal((await retention()).Mode, 'COMPLIANCE', 'written with a COMPLIANCE retention');
+    t.equal(await b.refreshRetention(), 0, 'a refresh inside half the grace period of the last does nothing');
+    await new Promise((r) => setTimeout(r, (grace / 2 + 0.5) * 1000));
+    t.equal(await b.purge(new Date(Date.now() - grace * 1000)), 0, 'a purge (nothing to delete) ...');
+    const until = (await retention()).RetainUntilDate!.getTime();
+    t.ok(until >= Date.now() + (grace - 1) * 1000, `... extended the live file's retention to ${((until - written) / 1000).toFixed(1)} s after it was written`);
+    await new Promise((r) => setTimeout(r, Math.max(0, written + (grace + 0.5) * 1000 - Date.now())));
+    const [v] = (await admin.send(new ListObjectVersionsCommand({ Bucket: bucket, Prefix: key }))).Versions ?? [];
+    await t.rejects(admin.send(new DeleteObjectCommand({ Bucket: bucket, Key: key, VersionId: v!.VersionId })), { name: 'AccessDenied' },
+      'past its first retention the file still cannot be destroyed through the S3 API');
+    t.same(await b.read('acme', 'pack', n, 0, data.length), data, 'and it is intact');
   });
 }
 

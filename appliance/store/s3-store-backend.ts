@@ -575,6 +575,7 @@ export class S3StoreBackend implements StoreBackend {
   }
 
   async purge(before: Date): Promise<number> {
+    await this.refreshRetention();
     let n = 0;
     const cut = before.getTime();
     for (const tenant of await this.tenants()) {
@@ -594,15 +595,17 @@ export class S3StoreBackend implements StoreBackend {
         }
         for (const [key, versions] of byKey) {
           const m = TRASH_ENTRY.exec(key.slice(trashPrefix.length))!;
+          // The live key's hidden versions first: one still under retention
+          // (refreshed while it was live) keeps the tombstone for a later pass.
           let kept = false;
-          for (const v of versions) kept = !(await this.#deleteVersion(key, v.versionId)) || kept;
-          if (kept) continue;
-          if (versions.some((v) => v.latest && !v.marker)) n++;
           const live = this.#fileKey(tenant, m[3] as ReplicatedType, m[4]!);
           for (const v of await this.#versions(live, true)) {
             if (v.latest && !v.marker) continue; // uploaded again since: that copy stays
-            await this.#deleteVersion(live, v.versionId);
+            kept = !(await this.#deleteVersion(live, v.versionId)) || kept;
           }
+          if (kept) continue;
+          for (const v of versions) kept = !(await this.#deleteVersion(key, v.versionId)) || kept;
+          if (!kept && versions.some((v) => v.latest && !v.marker)) n++;
         }
       } else {
         for (const e of await this.#trashEntries(tenant)) {
@@ -642,6 +645,45 @@ export class S3StoreBackend implements StoreBackend {
       }
       this.#usage.delete(tenant);
     }
+    return n;
+  }
+
+  /**
+   * On a locked bucket, keeps every live file under retention for as long as
+   * it is live: when the bucket's mark says the last refresh is more than
+   * half a grace period old, every live file's retention is extended to now +
+   * the grace period (tombstones keep their own: deleted + grace). With purge
+   * running at least every quarter of the grace period on some front-end, no
+   * live file is ever out of retention, so no credential can destroy one
+   * without a delete that leaves a tombstone for the grace period first.
+   * Resolves with how many files were extended.
+   */
+  async refreshRetention(): Promise<number> {
+    if (!this.#info.objectLock || this.#o.graceSeconds <= 0) return 0;
+    const markKey = `${this.#o.prefix}retention-refreshed`;
+    const mark = await this.#getBytes(markKey);
+    let last = 0;
+    try { last = Number((JSON.parse(mark?.toString('utf8') ?? '{}') as { at?: number }).at) || 0; } catch { last = 0; }
+    const started = Date.now();
+    if (started - last < (this.#o.graceSeconds * 1000) / 2) return 0;
+    const until = new Date(started + this.#o.graceSeconds * 1000);
+    let n = 0;
+    for (const tenant of await this.tenants()) {
+      const base = this.#tenantKey(tenant);
+      for (const i of (await this.#list(base, undefined, Infinity)).items) {
+        const rest = i.key.slice(base.length);
+        if (rest.startsWith('trash/') || rest.startsWith('partial/')) continue;
+        try {
+          await this.client.send(new PutObjectRetentionCommand({ Bucket: this.#o.bucket, Key: i.key, Retention: { Mode: this.#o.lockMode, RetainUntilDate: until } }));
+          n++;
+        } catch (err) {
+          // written since with a later retention (it cannot be shortened), or deleted meanwhile
+          if (S3StoreBackend.#notFound(err) || this.#error('extend the retention of', err).code === 'HF_STORE_S3_ACCESS_DENIED') continue;
+          throw this.#error(`extend the retention of ${i.key} in`, err);
+        }
+      }
+    }
+    await this.#put(markKey, Buffer.from(JSON.stringify({ at: started, files: n, until: until.toISOString() })));
     return n;
   }
 
