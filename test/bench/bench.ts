@@ -1,4 +1,4 @@
-// `npm run bench [-- chunker|tree|versions|sources|replication|console|fleet]`: Holdfast's benchmarks
+// `npm run bench [-- chunker|tree|versions|sources|replication|s3-store|console|fleet]`: Holdfast's benchmarks
 // (see README.md here). No subcommand runs them all. Exit status 0 when every
 // measurement ran (targets missed included); non-zero when a tool failed or a
 // restore did not verify.
@@ -12,11 +12,12 @@ import { emit, heading, humanOnStderr, note, say } from './report.ts';
 import { BenchError, GNU_TIME, capture } from './run.ts';
 import { toolVersions } from './tools.ts';
 import { type ReplicationSummary, benchReplication } from './replication.ts';
+import { type S3StoreSummary, benchS3Store } from './s3-store.ts';
 import { type SourcesSummary, benchSources } from './sources.ts';
 import { type TreeSummary, benchTree } from './tree.ts';
 import { type VersionsSummary, benchVersions } from './versions.ts';
 
-const SUBCOMMANDS = ['chunker', 'tree', 'versions', 'sources', 'replication', 'console', 'fleet'] as const;
+const SUBCOMMANDS = ['chunker', 'tree', 'versions', 'sources', 'replication', 's3-store', 'console', 'fleet'] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 function parseArgs(argv: string[]): Subcommand[] {
@@ -67,6 +68,7 @@ async function main(argv: string[]): Promise<void> {
   let versions: VersionsSummary | undefined;
   let sources: SourcesSummary | undefined;
   let replication: ReplicationSummary | undefined;
+  let s3Store: S3StoreSummary | undefined;
   let consoleApi: ConsoleSummary | undefined;
   let fleet: FleetSummary | undefined;
   if (which.includes('chunker')) {
@@ -77,6 +79,7 @@ async function main(argv: string[]): Promise<void> {
   if (which.includes('versions')) versions = benchVersions(work);
   if (which.includes('sources')) sources = await benchSources(work);
   if (which.includes('replication')) replication = await benchReplication(work);
+  if (which.includes('s3-store')) s3Store = await benchS3Store(work);
   if (which.includes('console')) consoleApi = await benchConsole(work);
   if (which.includes('fleet')) fleet = await benchFleet(work);
   if (chunkerOnly) return;
@@ -87,6 +90,7 @@ async function main(argv: string[]): Promise<void> {
   if (versions) pass.versions_repo_size = versions.pass.repo_size;
   for (const [k, v] of Object.entries(sources?.pass ?? {})) pass[`sources_${k}`] = v;
   for (const [k, v] of Object.entries(replication?.pass ?? {})) pass[`replication_${k}`] = v;
+  for (const [k, v] of Object.entries(s3Store?.pass ?? {})) pass[`s3_store_${k}`] = v;
   for (const [k, v] of Object.entries(consoleApi?.pass ?? {})) pass[`console_${k}`] = v;
   for (const [k, v] of Object.entries(fleet?.pass ?? {})) pass[`fleet_${k}`] = v;
   const seconds = Math.round((performance.now() - started) / 1000);
@@ -99,6 +103,7 @@ async function main(argv: string[]): Promise<void> {
     ...(tree ? { tree: { files: tree.files, bytes: tree.bytes, vs_restic: tree.vs_restic, vs_borg: tree.vs_borg } } : {}),
     ...(sources ? { sources: { files: sources.files, bytes: sources.bytes, ratios: sources.ratios } } : {}),
     ...(replication ? { replication: { bytes: replication.bytes, holdfast_mbps: replication.holdfast_mbps, rsync_mbps: replication.rsync_mbps, vs_rsync: replication.vs_rsync, conn_per_second: replication.conn_per_second, idle: replication.idle } } : {}),
+    ...(s3Store ? { s3_store: { bytes: s3Store.bytes, holdfast_mbps: s3Store.holdfast_mbps, direct_mbps: s3Store.direct_mbps, vs_direct: s3Store.vs_direct } } : {}),
     ...(consoleApi ? { console: { clients: consoleApi.clients, requests: consoleApi.requests, p95_ms: consoleApi.p95_ms, page_ms: consoleApi.page_ms } } : {}),
     ...(fleet ? { fleet: { boxes: fleet.boxes, compress: fleet.compress, heartbeats: fleet.heartbeats, achieved_per_second: fleet.achieved_per_second, p95_ms: fleet.p95_ms, errors: fleet.errors, enroll_per_second: fleet.enroll_per_second, rss_kib: fleet.rss_kib, db_bytes: fleet.db_bytes } } : {}),
     ...(versions ? { versions: { repo_bytes: versions.repo_bytes, seconds: versions.seconds, size_vs_restic: versions.size_vs_restic, size_vs_borg: versions.size_vs_borg } } : {}),

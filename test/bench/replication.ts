@@ -57,12 +57,12 @@ interface Timed extends RunResult {
   minorFaults: number;
 }
 
-function holdfast(args: string[], env: Record<string, string>): Command {
+export function holdfast(args: string[], env: Record<string, string>): Command {
   return { file: process.execPath, args: [...V8_FLAGS, HOLDFAST_BIN, ...args], env: { ...process.env, ...env } };
 }
 
 /** Like run.ts timed(), with more: wall seconds, peak RSS, user + system seconds, minor page faults (GNU time). */
-function timedCpu(c: Command): Timed {
+export function timedCpu(c: Command): Timed {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hf-bench-time-'));
   const out = path.join(dir, 'time');
   try {
@@ -86,7 +86,7 @@ function procStat(pid: number): number[] {
 }
 
 /** CPU seconds of a live process (utime + stime), plus those of its reaped children when asked. */
-function processCpu(pid: number, children = false): number {
+export function processCpu(pid: number, children = false): number {
   const f = procStat(pid); // utime is field 14, stime 15, cutime 16, cstime 17
   return (f[11]! + f[12]! + (children ? f[13]! + f[14]! : 0)) / CLK_TCK;
 }
@@ -97,7 +97,7 @@ function minorFaults(pid: number): number {
 }
 
 /** VmHWM (peak RSS) of a process, KiB. */
-function peakRssKib(pid: number): number {
+export function peakRssKib(pid: number): number {
   const m = /^VmHWM:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) : 0;
 }
@@ -140,7 +140,7 @@ function middle(values: number[]): number {
  * zero stream, keyed by the SHA-256 of a per-file seed), at least 1.05 GiB in
  * all, made once in the work directory and reused.
  */
-function prepareData(work: string): { dir: string; files: number; bytes: number } {
+export function prepareData(work: string): { dir: string; files: number; bytes: number } {
   const dir = path.join(work, 'replication-data');
   const marker = path.join(work, 'replication-data.json');
   try {
@@ -188,7 +188,7 @@ function filesUnder(dir: string, skip: RegExp): Map<string, number> {
 }
 
 /** The repository's files that replication moves: everything but locks, tmp and the appliance-local replication state. */
-const repoFiles = (repo: string) => filesUnder(repo, /^(locks|tmp|replication)(\/|$)/);
+export const repoFiles = (repo: string) => filesUnder(repo, /^(locks|tmp|replication)(\/|$)/);
 
 /** Names that are the SHA-256 of the file's bytes (packs, index files, snapshots). */
 const CONTENT_ADDRESSED = /^(?:data\/[0-9a-f]{2}|index|snapshots)\/([0-9a-f]{64})$/;
