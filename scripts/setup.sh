@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # (a VM booting from the boot server); debootstrap, squashfs-tools, cpio: the
 # appliance image build (provisioning/). ceph-mon, ceph-osd, radosgw: the
 # single-node Ceph cluster the S3 store backend is tested on (started by the
-# tests as this user, on loopback; no systemd unit of Ceph's is enabled).
+# tests themselves as this user, on loopback, and stopped by pid).
 PACKAGES="ceph-mon ceph-osd radosgw qemu-system-x86 ipxe-qemu ipxe ovmf dnsmasq-base debootstrap squashfs-tools cpio build-essential python3 libzstd-dev restic borgbackup time tar util-linux samba samba-vfs-modules smbclient openssh-server openssh-client rsync chromium fonts-dejavu-core fonts-liberation systemd"
 
 if [ "$(id -u)" -eq 0 ]; then
