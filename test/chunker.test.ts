@@ -4,7 +4,7 @@ import path from 'node:path';
 
 import t from 'tap';
 
-import { type Chunk, Chunker, type ChunkerParams, ReferenceChunker, deriveGearTable } from '../native/index.ts';
+import { type Chunk, Chunker, type ChunkerParams, Hasher, ReferenceChunker, deriveGearTable } from '../native/index.ts';
 import { VECTOR_CASES, vectorData, vectorKeys } from './fixtures/chunker-cases.ts';
 
 const DEFAULT: ChunkerParams = { minSize: 256 << 10, avgSize: 1 << 20, maxSize: 4 << 20 };
@@ -133,4 +133,25 @@ t.test('bad input gets coded errors', async (t) => {
   const pending = c.update(randomBytes(8 << 20), true);
   await t.rejects(c.update(Buffer.alloc(10), true), { code: 'HF_CHUNKER_BUSY' }, 'one update at a time');
   await pending;
+});
+
+t.test('the incremental SHA-256 state continues in another hasher: the digest of the whole, at any split', async (t) => {
+  const data = randomBytes(300_000);
+  for (const split of [0, 1, 55, 63, 64, 65, 127, 128, 4096, 299_999, 300_000]) {
+    const a = new Hasher();
+    await a.update([data.subarray(0, split)]);
+    const state = a.state();
+    t.equal(state.length, 109, `split at ${split}: a state of 109 bytes`);
+    const b = Hasher.fromState(state);
+    await b.update([data.subarray(split)]);
+    t.equal(b.digest().toString('hex'), createHash('sha256').update(data).digest('hex'), `split at ${split}: the digest of the whole`);
+  }
+  t.throws(() => Hasher.fromState(Buffer.alloc(10)), { code: 'HF_INVALID_ARGUMENT' }, 'a state of the wrong length is refused');
+  const bad = new Hasher().state();
+  bad[bad.length - 4] = 7; // 7 bytes buffered, but a bit count of 0
+  t.throws(() => Hasher.fromState(bad), { code: 'HF_INVALID_ARGUMENT' }, 'a state whose parts do not add up is refused');
+  const busy = new Hasher();
+  const running = busy.update([data]);
+  t.throws(() => busy.state(), { code: 'HF_HASHER_BUSY' }, 'no state while an update runs');
+  await running;
 });

@@ -11,7 +11,8 @@ import { LocalStorage, filePath, syncDir, validName } from '../storage/index.ts'
 import type { StoreBackend, StoredFile, TenantUsage, TrashEntry, Upload } from './store-backend.ts';
 
 export const TENANT_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
-const TRASH_ENTRY = /^(\d{13})-([0-9a-f]{8})-(config|key|pack|index|snapshot)-(.+)$/;
+/** A tombstone's name: <ms since epoch>-<8 hex>-<type>-<name> (both backends). */
+export const TRASH_ENTRY = /^(\d{13})-([0-9a-f]{8})-(config|key|pack|index|snapshot)-(.+)$/;
 const HASH_PIECE = 4 << 20;
 const HOST = os.hostname().replace(/[^A-Za-z0-9-]/g, '_').slice(0, 64) || 'host';
 /** An upload claimed by a front-end on another host and not written for this long is taken over. */

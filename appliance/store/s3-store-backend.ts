@@ -28,10 +28,9 @@ import { Hasher, sha256 } from '../../native/index.ts';
 import { HoldfastError } from '../errors/index.ts';
 import { type ReplicatedType, contentAddressed } from '../protocol/index.ts';
 import { filePath, validName } from '../storage/index.ts';
-import { assertTenant } from './fs-store-backend.ts';
+import { TRASH_ENTRY, assertTenant } from './fs-store-backend.ts';
 import type { StoreBackend, StoredFile, TenantUsage, TrashEntry, Upload } from './store-backend.ts';
 
-const TRASH_ENTRY = /^(\d{13})-([0-9a-f]{8})-(config|key|pack|index|snapshot)-(.+)$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 const TYPE_DIRS: Record<ReplicatedType, string> = { config: '', key: 'keys/', pack: 'data/', index: 'index/', snapshot: 'snapshots/' };
 const OWNER = `${os.hostname().replace(/[^A-Za-z0-9-]/g, '_').slice(0, 64) || 'host'}.${process.pid}.${randomBytes(4).toString('hex')}`;

@@ -1055,6 +1055,20 @@ static napi_value hasher_update(napi_env env, napi_callback_info info) {
   return start_sha(env, argv[1], h, argv[0]);
 }
 
+/* The hasher in v, when it is one and no update is running; else throws and returns NULL. */
+static hasher *idle_hasher(napi_env env, napi_value v) {
+  hasher *h = get_hasher(env, v);
+  if (!h) {
+    invalid(env, "not a hasher");
+    return NULL;
+  }
+  if (h->busy) {
+    napi_throw_error(env, "HF_HASHER_BUSY", "hasher is still working; await its update");
+    return NULL;
+  }
+  return h;
+}
+
 /* hasherDigest(hasher) -> Buffer(32), and the hasher starts over */
 static napi_value hasher_digest(napi_env env, napi_callback_info info) {
   napi_value argv[1], out;
@@ -1062,12 +1076,8 @@ static napi_value hasher_digest(napi_env env, napi_callback_info info) {
   void *dst;
   hf_err err = {0};
   if (!get_args(env, info, 1, argv)) return NULL;
-  hasher *h = get_hasher(env, argv[0]);
-  if (!h) return invalid(env, "not a hasher");
-  if (h->busy) {
-    napi_throw_error(env, "HF_HASHER_BUSY", "hasher is still working; await its update");
-    return NULL;
-  }
+  hasher *h = idle_hasher(env, argv[0]);
+  if (!h) return NULL;
   if (hf_hasher_final(h->h, digest, &err)) {
     napi_throw_error(env, err.code, err.message);
     return NULL;
@@ -1082,12 +1092,8 @@ static napi_value hasher_state(napi_env env, napi_callback_info info) {
   uint8_t state[HF_HASHER_STATE_LEN];
   void *dst;
   if (!get_args(env, info, 1, argv)) return NULL;
-  hasher *h = get_hasher(env, argv[0]);
-  if (!h) return invalid(env, "not a hasher");
-  if (h->busy) {
-    napi_throw_error(env, "HF_HASHER_BUSY", "hasher is still working; await its update");
-    return NULL;
-  }
+  hasher *h = idle_hasher(env, argv[0]);
+  if (!h) return NULL;
   hf_hasher_export(h->h, state);
   CALL(env, napi_create_buffer_copy(env, sizeof state, state, &dst, &out));
   return out;
@@ -1100,12 +1106,8 @@ static napi_value hasher_restore(napi_env env, napi_callback_info info) {
   size_t len;
   hf_err err = {0};
   if (!get_args(env, info, 2, argv)) return NULL;
-  hasher *h = get_hasher(env, argv[0]);
-  if (!h) return invalid(env, "not a hasher");
-  if (h->busy) {
-    napi_throw_error(env, "HF_HASHER_BUSY", "hasher is still working; await its update");
-    return NULL;
-  }
+  hasher *h = idle_hasher(env, argv[0]);
+  if (!h) return NULL;
   if (!get_bytes(env, argv[1], &state, &len)) return invalid(env, "state must be a Uint8Array");
   if (hf_hasher_import(h->h, state, len, &err)) {
     napi_throw_error(env, err.code, err.message);

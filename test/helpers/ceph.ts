@@ -2,7 +2,6 @@ import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -10,6 +9,7 @@ import { promisify } from 'node:util';
 import type { Test } from 'tap';
 
 import { startLifeline } from './lifeline.ts';
+import { freePort } from './sshd.ts';
 import { tmpDir } from './tmp.ts';
 
 const run = promisify(execFile);
@@ -39,17 +39,6 @@ const TOOLS = ['ceph-mon', 'ceph-osd', 'radosgw', 'ceph', 'ceph-authtool', 'monm
 /** Whether the Ceph daemons are installed (scripts/setup.sh installs ceph-mon, ceph-osd and radosgw). */
 export function cephInstalled(): boolean {
   return TOOLS.every((t) => ['/usr/bin', '/usr/sbin'].some((d) => fs.existsSync(path.join(d, t))));
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 async function until(what: string, seconds: number, probe: () => Promise<boolean>, log: () => string): Promise<void> {

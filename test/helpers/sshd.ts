@@ -200,7 +200,8 @@ function descendants(pid: number): number[] {
   return out;
 }
 
-function freePort(): Promise<number> {
+/** A free TCP port on 127.0.0.1 (bound, then released). */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.once('error', reject);
