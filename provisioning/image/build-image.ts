@@ -26,6 +26,8 @@ const APP_ROOT = path.resolve(import.meta.dirname, '..', '..');
 const UNITS_DIR = path.join(APP_ROOT, 'appliance', 'systemd');
 /** Bumped when the recipe below changes in a way the hashed inputs do not show. */
 const RECIPE = 4;
+/** The image layer's own recipe version (the base layer's stays RECIPE). */
+const IMAGE_RECIPE = 5;
 
 /** What the base layer installs (debootstrap --variant=minbase --include=…). */
 export const BASE_PACKAGES = [
@@ -221,7 +223,7 @@ export async function buildImage(o: ImageOptions): Promise<BuiltImage> {
   const tBase = (Date.now() - t0) / 1000;
   const bundleHash = await fileHash(o.bundle);
   const key = sha256(JSON.stringify({
-    recipe: RECIPE, base: base.key, bundle: bundleHash, version: o.version, overlay: await treeHash(ROOTFS_OVERLAY), units: await treeHash(UNITS_DIR),
+    recipe: IMAGE_RECIPE, base: base.key, bundle: bundleHash, version: o.version, overlay: await treeHash(ROOTFS_OVERLAY), units: await treeHash(UNITS_DIR),
   })).slice(0, 16);
   const dir = path.join(i.cacheDir, `image-${key}`);
   const layout = (d: string) => ({
@@ -259,6 +261,8 @@ export async function buildImage(o: ImageOptions): Promise<BuiltImage> {
   // The release must run on this system (libraries the runtime links): its own self-test, in the image.
   // env -u: a test runner's loader hooks (NODE_OPTIONS, re-added to every child by its spawn hook) are not in the image.
   await run('chroot', [root, '/usr/bin/env', '-u', 'NODE_OPTIONS', '/opt/holdfast/current/bin/node', '/opt/holdfast/current/appliance/cli/holdfast.mjs', 'self-test'], { env, what: 'the release\'s self-test inside the image' });
+  // The self-test's V8 compile cache: made for the build host's CPU, and not the same from one build to the next.
+  await fsp.rm(path.join(root, 'root', '.cache'), { recursive: true, force: true });
   await cleanRoot(root, i.sde);
   // A persistent journal: what the services logged survives a reboot (and can be read off the disk).
   await fsp.mkdir(path.join(root, 'var', 'log', 'journal'), { recursive: true });
