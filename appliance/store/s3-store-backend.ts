@@ -261,12 +261,12 @@ export class S3StoreBackend implements StoreBackend {
   }
 
   /** PUT with the payload's SHA-256 computed off the event loop (so the SDK does not hash it again on it). */
-  async #put(key: string, body: Buffer | Buffer[], extra: Record<string, unknown> = {}): Promise<{ ETag?: string; VersionId?: string }> {
+  async #put(key: string, body: Buffer | Buffer[], extra: Record<string, unknown> = {}, sha256Hex?: string): Promise<{ ETag?: string; VersionId?: string }> {
     const parts = Array.isArray(body) ? body : [body];
     const length = parts.reduce((n, p) => n + p.length, 0);
     const payload = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
     const cmd = new PutObjectCommand({ Bucket: this.#o.bucket, Key: key, Body: payload, ContentLength: length, ...extra });
-    await withPayloadHash(cmd, parts);
+    await withPayloadHash(cmd, parts, sha256Hex);
     return this.client.send(cmd);
   }
 
@@ -459,7 +459,7 @@ export class S3StoreBackend implements StoreBackend {
   /** @internal */ get bucket(): string { return this.#o.bucket; }
   /** @internal */ retention(): Retention { return this.#retention(); }
   /** @internal */ error(what: string, err: unknown): HoldfastError { return this.#error(what, err); }
-  /** @internal */ put(key: string, body: Buffer | Buffer[], extra?: Record<string, unknown>): Promise<{ ETag?: string; VersionId?: string }> { return this.#put(key, body, extra); }
+  /** @internal */ put(key: string, body: Buffer | Buffer[], extra?: Record<string, unknown>, sha256Hex?: string): Promise<{ ETag?: string; VersionId?: string }> { return this.#put(key, body, extra, sha256Hex); }
   /** @internal */ deleteAll(key: string): Promise<void> { return this.#deleteAll(key); }
   /** @internal */ getBytes(key: string): Promise<Buffer | null> { return this.#getBytes(key); }
   /** @internal */ head(key: string): Promise<{ size: number } | null> { return this.#head(key); }
@@ -764,8 +764,8 @@ function copySource(bucket: string, key: string): string {
  * threadpool, so the SigV4 signer uses it instead of hashing the body on the
  * event loop.
  */
-async function withPayloadHash(cmd: { middlewareStack: { add: (mw: never, o: { step: 'build'; name: string }) => void } }, parts: Buffer[]): Promise<void> {
-  const hex = (await sha256(parts)).toString('hex');
+async function withPayloadHash(cmd: { middlewareStack: { add: (mw: never, o: { step: 'build'; name: string }) => void } }, parts: Buffer[], known?: string): Promise<void> {
+  const hex = known ?? (await sha256(parts)).toString('hex');
   cmd.middlewareStack.add(((next: (a: { request: { headers: Record<string, string> } }) => Promise<unknown>) => (args: { request: { headers: Record<string, string> } }) => {
     args.request.headers['x-amz-content-sha256'] = hex;
     return next(args);
@@ -959,10 +959,15 @@ class S3Upload implements Upload {
       if (total !== size) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: ${total} bytes stored, ${size} announced`);
       const rest = this.#take(this.#pendingLength);
       // the digest of exactly the bytes in the parts and the rest, checked before the object exists
-      const hasher = this.#parts.length > 0 ? Hasher.fromState(Buffer.from(this.#parts.at(-1)!.hash, 'base64')) : new Hasher();
-      await hasher.update(rest);
-      const got = hasher.digest().toString('hex');
-      if (got !== this.#c.digest || (hashed !== undefined && hashed !== got)) {
+      // The caller's hash covers exactly the bytes written here (resumed ones
+      // from this upload's own hash state); without it, hash them now.
+      let got = hashed;
+      if (got === undefined) {
+        const hasher = this.#parts.length > 0 ? Hasher.fromState(Buffer.from(this.#parts.at(-1)!.hash, 'base64')) : new Hasher();
+        await hasher.update(rest);
+        got = hasher.digest().toString('hex');
+      }
+      if (got !== this.#c.digest) {
         await this.discard();
         throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
           `${this.#c.what}: the ${size} bytes received hash to ${got.slice(0, 16)}…, not to the announced ${this.#c.digest.slice(0, 16)}…; the upload was discarded and will be sent again`);
@@ -975,7 +980,8 @@ class S3Upload implements Upload {
       }
       if (this.#uploadId === null) {
         try {
-          await this.#b.put(this.#c.key, rest, { ...this.#b.retention(), IfNoneMatch: '*' });
+          // The whole file is the payload: its digest is the SigV4 payload hash, which S3 checks against what it receives.
+          await this.#b.put(this.#c.key, rest, { ...this.#b.retention(), IfNoneMatch: '*' }, got);
         } catch (err) {
           const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
           if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412) throw this.#b.error(`store ${this.#c.what} in`, err);
