@@ -353,7 +353,8 @@ export class S3StoreBackend implements StoreBackend {
     const top = gens.at(-1);
     if (top !== undefined) {
       const body = await this.#getBytes(lockPrefix + String(top).padStart(8, '0'));
-      const until = body ? Number((JSON.parse(body.toString('utf8') || '{}') as { until?: number }).until) : 0;
+      let until = 0;
+      try { until = body ? Number((JSON.parse(body.toString('utf8')) as { until?: number }).until) || 0 : 0; } catch { until = 0; } // a damaged claim has lapsed
       if (until > Date.now()) {
         throw new HoldfastError('HF_STORE_BUSY', `${what} is being uploaded by another connection or front-end; try again when it ends (its claim lapses within ${this.#o.leaseSeconds} s if that front-end is gone)`);
       }
