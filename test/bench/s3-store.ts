@@ -10,6 +10,7 @@ import path from 'node:path';
 import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 
+import { forEachLimit } from '../../appliance/limits/index.ts';
 import { startCeph } from '../helpers/ceph.ts';
 import { makePki, startStore } from '../helpers/store.ts';
 import { emit, heading, mib, note, passMark, ratio, round, say, secs, table } from './report.ts';
@@ -29,13 +30,6 @@ export interface S3StoreSummary {
   direct_mbps: number;
   vs_direct: number;
   pass: Record<string, boolean>;
-}
-
-async function forEachLimit<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) await fn(items[next++]!);
-  }));
 }
 
 /** Keys and sizes in a bucket under a prefix. */
