@@ -165,6 +165,23 @@ if (!cephInstalled()) {
     await t.rejects(dead.initialize(), { code: 'HF_STORE_S3_UNAVAILABLE' }, 'nothing listening: HF_STORE_S3_UNAVAILABLE');
   });
 
+  t.test('claims hold on a versioned (Object Lock) bucket too, where RGW ignores If-None-Match: of two front-ends claiming a file at once, exactly one gets it', async (t) => {
+    const bucket = await newBucket(true);
+    const fronts = [await open(t, bucket), await open(t, bucket)];
+    for (let i = 0; i < 5; i++) {
+      const name = sha(Buffer.from(`race ${i}`));
+      const got = await Promise.allSettled(fronts.map((f) => f.openUpload('acme', 'pack', name, name)));
+      const won = got.filter((g) => g.status === 'fulfilled');
+      const busy = got.filter((g) => g.status === 'rejected' && (g.reason as { code?: string }).code === 'HF_STORE_BUSY');
+      t.equal(won.length, 1, `race ${i}: one front-end holds the claim`);
+      t.equal(busy.length, 1, `race ${i}: the other is HF_STORE_BUSY`);
+      for (const w of won) await (w as PromiseFulfilledResult<Awaited<ReturnType<S3StoreBackend['openUpload']>>>).value.close();
+      const again = await fronts[1]!.openUpload('acme', 'pack', name, name);
+      t.pass(`race ${i}: once the winner is done, the file can be claimed again`);
+      await again.close();
+    }
+  });
+
   t.test('Object Lock: every stored file and tombstone is retained for the grace period; S3 refuses to delete it early; purge deletes it after', async (t) => {
     const plain = await open(t, await newBucket());
     t.same(plain.info, { objectLock: false, versioned: false }, 'a bucket without Object Lock is reported as such');

@@ -372,6 +372,17 @@ export class S3StoreBackend implements StoreBackend {
       }
       throw this.#error(`claim the upload of ${what} in`, err);
     }
+    if (this.#info.versioned) {
+      // A versioned bucket (Object Lock) on Ceph RGW ignores If-None-Match:
+      // two front-ends may both have written this key. The oldest version
+      // holds the claim; a later one withdraws.
+      const versions = await this.#versions(key, true);
+      const oldest = versions.filter((v) => !v.marker).at(-1);
+      if (oldest && version !== undefined && oldest.versionId !== version) {
+        await this.client.send(new DeleteObjectCommand({ Bucket: this.#o.bucket, Key: key, VersionId: version })).catch(() => undefined);
+        throw new HoldfastError('HF_STORE_BUSY', `${what} was claimed by another front-end at the same moment; try again`);
+      }
+    }
     for (const g of gens) await this.#deleteAll(lockPrefix + String(g).padStart(8, '0')).catch(() => undefined);
     let lost = false;
     let released = false;
