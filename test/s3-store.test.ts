@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { CreateBucketCommand, DeleteObjectCommand, GetObjectRetentionCommand, ListObjectVersionsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectRetentionCommand, HeadObjectCommand, ListObjectVersionsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import t, { type Test } from 'tap';
 
 import { S3StoreBackend, type S3StoreOptions } from '../appliance/store/index.ts';
@@ -165,6 +165,68 @@ if (!cephInstalled()) {
     await t.rejects(dead.initialize(), { code: 'HF_STORE_S3_UNAVAILABLE' }, 'nothing listening: HF_STORE_S3_UNAVAILABLE');
   });
 
+  t.test('a one-PUT file is checked by the object store: RGW refuses bytes that do not hash to the announced digest, and nothing becomes visible', async (t) => {
+    const bucket = await newBucket();
+    const b = await open(t, bucket, { singlePutMax: 4 << 20 });
+    t.equal(b.info.payloadChecked, true, 'found at start-up: RGW refuses a PUT whose body does not hash to its payload hash');
+    await t.rejects(admin.send(new HeadObjectCommand({ Bucket: bucket, Key: 'payload-check' })), { name: 'NotFound' }, 'the refused probe left no object');
+    const data = randomBytes(300_000);
+    const name = sha(data);
+    const u = await b.openUpload('acme', 'pack', name, name);
+    t.equal(u.checksDigest, true, 'the upload checks the digest itself (the store session does not hash)');
+    const bad = Buffer.from(data);
+    bad[123_456] = bad[123_456]! ^ 0x10;
+    await u.write([bad], 0);
+    await t.rejects(u.commit(data.length), { code: 'HF_STORE_DIGEST_MISMATCH', message: /object store refused/ }, 'one flipped bit: HF_STORE_DIGEST_MISMATCH, from the object store');
+    await u.close();
+    t.equal(await b.stat('acme', 'pack', name), null, 'the file is not there');
+    t.equal(await b.partial('acme', 'pack', name, name), null, 'nor an upload of it');
+    // With the size announced, the PUT goes out while the bytes arrive.
+    const streamed = await b.openUpload('acme', 'pack', name, name, data.length);
+    await streamed.write([bad.subarray(0, 200_000)], 0);
+    await streamed.write([bad.subarray(200_000)], 200_000);
+    await t.rejects(streamed.commit(data.length), { code: 'HF_STORE_DIGEST_MISMATCH', message: /object store refused/ }, 'streamed: one flipped bit is refused by the object store too');
+    await streamed.close();
+    t.equal(await b.stat('acme', 'pack', name), null, 'the file is not there');
+    const cut = await b.openUpload('acme', 'pack', name, name, data.length);
+    await cut.write([data.subarray(0, 150_000)], 0);
+    await cut.close();
+    t.equal(await b.stat('acme', 'pack', name), null, 'a streamed upload closed before its last byte (a dropped connection) stores nothing');
+    const good = await b.openUpload('acme', 'pack', name, name, data.length);
+    await good.write([data.subarray(0, 100_000), data.subarray(100_000)], 0);
+    await good.commit(data.length);
+    await good.close();
+    t.ok((await b.read('acme', 'pack', name, 0, data.length)).equals(data), 'the right bytes under the same name are stored and read back');
+  });
+
+  t.test('a file announced at most the single-PUT size is stored by one conditional PUT: no claim, no upload state, two front-ends at once store it once', async (t) => {
+    const bucket = await newBucket();
+    const a = await open(t, bucket, { singlePutMax: 4 << 20 });
+    const b = await open(t, bucket, { singlePutMax: 4 << 20 });
+    const data = randomBytes(3 << 20);
+    const name = sha(data);
+    const ua = await a.openUpload('acme', 'pack', name, name, data.length);
+    const ub = await b.openUpload('acme', 'pack', name, name, data.length);
+    t.pass('a second upload of the same file on another front-end is not HF_STORE_BUSY');
+    await ua.write([data.subarray(0, 1 << 20)], 0);
+    await ub.write([data], 0);
+    const keys = ((await admin.send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map((c) => c.Key!);
+    t.same(keys.filter((k) => k.includes('/partial/')), [], 'while they receive, the bucket holds no claim and no upload state');
+    await ua.write([data.subarray(1 << 20)], 1 << 20);
+    await t.rejects(ua.write([Buffer.alloc(1)], data.length), { code: 'HF_STORE_BAD_OFFSET' }, 'a byte past the announced size: HF_STORE_BAD_OFFSET');
+    await ub.commit(data.length);
+    const key = `tenants/acme/data/${name.slice(0, 2)}/${name}`;
+    const first = await admin.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    await new Promise((r) => setTimeout(r, 1100)); // past a whole second of LastModified
+    await ua.commit(data.length);
+    await ua.close();
+    await ub.close();
+    t.ok((await a.read('acme', 'pack', name, 0, data.length)).equals(data), 'both commits resolve; the file is byte-identical');
+    const second = await admin.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    t.same([second.LastModified, second.ETag], [first.LastModified, first.ETag], 'written once: the second PUT found it there (If-None-Match) and left it as it was');
+    t.equal(await a.partial('acme', 'pack', name, name), null, 'no upload left');
+  });
+
   t.test('claims hold on a versioned (Object Lock) bucket too, where RGW ignores If-None-Match: of two front-ends claiming a file at once, exactly one gets it', async (t) => {
     const bucket = await newBucket(true);
     const fronts = [await open(t, bucket), await open(t, bucket)];
@@ -184,11 +246,11 @@ if (!cephInstalled()) {
 
   t.test('Object Lock: every stored file and tombstone is retained for the grace period; S3 refuses to delete it early; purge deletes it after', async (t) => {
     const plain = await open(t, await newBucket());
-    t.same(plain.info, { objectLock: false, versioned: false }, 'a bucket without Object Lock is reported as such');
+    t.same(plain.info, { objectLock: false, versioned: false, payloadChecked: true }, 'a bucket without Object Lock is reported as such');
     const bucket = await newBucket(true);
     const grace = 4;
     const b = await open(t, bucket, { graceSeconds: grace, singlePutMax: 32 << 20 });
-    t.same(b.info, { objectLock: true, versioned: true }, 'a bucket with Object Lock is found at start-up');
+    t.same(b.info, { objectLock: true, versioned: true, payloadChecked: true }, 'a bucket with Object Lock is found at start-up');
     const small = randomBytes(1000);
     const big = randomBytes(PART + 77);
     const ns = await storeFile(b, 'acme', 'pack', small);

@@ -197,6 +197,9 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
       if (backend instanceof S3StoreBackend) {
         if (backend.info.objectLock) log({ event: 'object-lock', enabled: true, mode: o.s3LockMode, retentionSeconds: o.grace, message: `every object is retained ${o.grace} s (${o.s3LockMode}) by the bucket itself` });
         else log({ event: 'object-lock', enabled: false, message: `bucket ${o.s3Bucket} has no Object Lock: anyone with these credentials can destroy offsite copies at once; for immutability create the bucket with Object Lock enabled` });
+        log({ event: 'payload-check', enabled: backend.info.payloadChecked, message: backend.info.payloadChecked
+          ? 'the object store checks each PUT against its SHA-256 payload hash: one-PUT files are verified by it'
+          : 'the object store did not refuse a PUT under a wrong payload hash: the store hashes every file itself' });
       }
       const server = new StoreServer({ backend, tls: await loadTls(), name: o.name, graceSeconds: o.grace, quota: o.quota ?? null, log });
       const addr = await server.listen(o.listen.host, o.listen.port);

@@ -1,6 +1,7 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 
 import {
   AbortMultipartUploadCommand,
@@ -37,6 +38,68 @@ const OWNER = `${os.hostname().replace(/[^A-Za-z0-9-]/g, '_').slice(0, 64) || 'h
 /** S3's floor for every part but the last. */
 const MIN_PART = 5 << 20;
 const MAX_PARTS = 10_000;
+/** Received bytes wait for S3 in slabs of this size (parts are whole slabs). */
+const SLAB = 1 << 20;
+/** Free slabs a backend keeps for the next uploads (256 MiB at most). */
+const SLABS_KEPT = 256;
+
+/**
+ * Slabs reused from one upload to the next. Fresh buffers of tens of MiB
+ * cost page faults and garbage collections on every part; these stay warm.
+ * A slab goes back only once nothing (hasher, socket, retry) reads it.
+ */
+class SlabPool {
+  readonly #free: Buffer[] = [];
+  /** Slabs taken and not given back: a slab given twice would be filled by two uploads at once. */
+  readonly #out = new Set<Buffer>();
+
+  take(): Buffer {
+    const s = this.#free.pop() ?? Buffer.allocUnsafeSlow(SLAB);
+    this.#out.add(s);
+    return s;
+  }
+
+  give(slabs: readonly Buffer[]): void {
+    for (const s of slabs) {
+      if (!this.#out.delete(s)) throw new Error('a slab was given back twice');
+      if (this.#free.length < SLABS_KEPT) this.#free.push(s);
+    }
+  }
+}
+
+/** Bytes taken off an upload's slabs: what to send (views) and the slabs to give back after. */
+interface Chunk {
+  views: Buffer[];
+  slabs: Buffer[];
+  size: number;
+}
+
+/**
+ * A request body made of slabs: the HTTP handler streams it (afresh on each
+ * attempt the SDK makes), so a part is never concatenated into one buffer.
+ */
+class SlabBody {
+  readonly views: readonly Buffer[];
+
+  constructor(views: readonly Buffer[]) {
+    this.views = views;
+  }
+
+  stream(): Readable {
+    return Readable.from(this.views, { objectMode: false });
+  }
+}
+
+/** NodeHttpHandler that sends a SlabBody as a stream made for this attempt. */
+class SlabHttpHandler extends NodeHttpHandler {
+  override handle(...[request, options]: Parameters<NodeHttpHandler['handle']>): ReturnType<NodeHttpHandler['handle']> {
+    const body: unknown = request.body;
+    if (body instanceof SlabBody) {
+      request = Object.assign(Object.create(Object.getPrototypeOf(request) as object) as typeof request, request, { body: body.stream() });
+    }
+    return super.handle(request, options);
+  }
+}
 
 export interface S3StoreOptions {
   /** http(s)://host:port of the S3 API; omitted: AWS S3 of the region. */
@@ -88,11 +151,23 @@ interface Lease {
   release(): Promise<void>;
 }
 
+/** The lease of an upload that needs no claim (one conditional PUT, nothing shared until then). */
+const NO_CLAIM: Lease = { lost: () => false, release: async () => undefined };
+
 /** What the bucket can do, found at start-up. */
 export interface S3BucketInfo {
   objectLock: boolean;
   versioned: boolean;
+  /**
+   * The object store refuses a PUT whose body does not hash to its SigV4
+   * payload hash (x-amz-content-sha256): a one-PUT file is then sent under
+   * the announced digest and checked by the object store, not hashed here.
+   */
+  payloadChecked: boolean;
 }
+
+/** Errors S3 answers a body that does not hash to x-amz-content-sha256 with. */
+const PAYLOAD_MISMATCH = new Set(['XAmzContentSHA256Mismatch', 'BadDigest']);
 
 /**
  * A store's files in a bucket of an S3-compatible object store (Ceph RGW,
@@ -120,7 +195,7 @@ export class S3StoreBackend implements StoreBackend {
   readonly location: string;
   readonly client: S3Client;
   readonly #o: Required<Omit<S3StoreOptions, 'endpoint' | 'credentials' | 'region'>> & { region: string };
-  #info: S3BucketInfo = { objectLock: false, versioned: false };
+  #info: S3BucketInfo = { objectLock: false, versioned: false, payloadChecked: false };
   readonly #usage = new Map<string, { at: number; usage: TenantUsage }>();
 
   constructor(o: S3StoreOptions) {
@@ -130,6 +205,7 @@ export class S3StoreBackend implements StoreBackend {
     }
     const partSize = o.partSize ?? 16 << 20;
     if (!Number.isSafeInteger(partSize) || partSize < MIN_PART) throw new HoldfastError('HF_INVALID_ARGUMENT', `S3 part size ${partSize} is below S3's 5 MiB`);
+    if (partSize % SLAB !== 0) throw new HoldfastError('HF_INVALID_ARGUMENT', `S3 part size ${partSize} is not a whole number of MiB`);
     this.#o = {
       bucket: o.bucket,
       region: o.region ?? 'us-east-1',
@@ -154,7 +230,7 @@ export class S3StoreBackend implements StoreBackend {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 4,
-      requestHandler: new NodeHttpHandler({ connectionTimeout: 10_000, requestTimeout: 120_000, httpAgent: { keepAlive: true, maxSockets: 64 }, httpsAgent: { keepAlive: true, maxSockets: 64 } }),
+      requestHandler: new SlabHttpHandler({ connectionTimeout: 10_000, requestTimeout: 120_000, httpAgent: { keepAlive: true, maxSockets: 64 }, httpsAgent: { keepAlive: true, maxSockets: 64 } }),
     });
   }
 
@@ -162,7 +238,10 @@ export class S3StoreBackend implements StoreBackend {
     return this.#info;
   }
 
-  /** Checks that the bucket is there and reachable, and whether it has Object Lock (and so versioning). */
+  /**
+   * Checks that the bucket is there and reachable, whether it has Object Lock
+   * (and so versioning), and whether the object store checks payload hashes.
+   */
   async initialize(): Promise<S3BucketInfo> {
     try {
       await this.client.send(new HeadBucketCommand({ Bucket: this.#o.bucket }));
@@ -178,8 +257,30 @@ export class S3StoreBackend implements StoreBackend {
       const name = (err as { name?: string }).name ?? '';
       if (!/ObjectLockConfigurationNotFound|NotImplemented|InvalidRequest|MethodNotAllowed/.test(name)) throw this.#error('read the Object Lock configuration of', err);
     }
-    this.#info = { objectLock, versioned: objectLock };
+    this.#info = { objectLock, versioned: objectLock, payloadChecked: await this.#probePayloadCheck() };
     return this.#info;
+  }
+
+  /**
+   * PUTs a few bytes under a payload hash they do not have: refused (as S3
+   * and Ceph RGW do) means the object store checks what it receives. Anything
+   * else (accepted, or refused for another reason) leaves the hashing to the
+   * store. Key: <prefix>payload-check (overwritten by every start).
+   */
+  async #probePayloadCheck(): Promise<boolean> {
+    const body = Buffer.from('holdfast: does this object store check payload hashes?\n');
+    try {
+      await this.#put(`${this.#o.prefix}payload-check`, body, {}, createHash('sha256').update('not the body').digest('hex'));
+      return false;
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      if (PAYLOAD_MISMATCH.has(e.name ?? '')) return true;
+      // (a server that folds the body's hash into the signature says SignatureDoesNotMatch: hashed here, to be safe)
+      if (e.name === 'SignatureDoesNotMatch') return false;
+      const status = e.$metadata?.httpStatusCode;
+      if (status === undefined || status === 403 || status >= 500) throw this.#error('write to', err);
+      return false;
+    }
   }
 
   // ---------- keys ----------
@@ -264,8 +365,8 @@ export class S3StoreBackend implements StoreBackend {
   async #put(key: string, body: Buffer | Buffer[], extra: Record<string, unknown> = {}, sha256Hex?: string): Promise<{ ETag?: string; VersionId?: string }> {
     const parts = Array.isArray(body) ? body : [body];
     const length = parts.reduce((n, p) => n + p.length, 0);
-    const payload = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
-    const cmd = new PutObjectCommand({ Bucket: this.#o.bucket, Key: key, Body: payload, ContentLength: length, ...extra });
+    const payload = parts.length === 1 ? parts[0]! : new SlabBody(parts);
+    const cmd = new PutObjectCommand({ Bucket: this.#o.bucket, Key: key, Body: payload as Buffer, ContentLength: length, ...extra });
     await withPayloadHash(cmd, parts, sha256Hex);
     return this.client.send(cmd);
   }
@@ -410,15 +511,22 @@ export class S3StoreBackend implements StoreBackend {
     };
   }
 
-  async openUpload(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<Upload> {
+  async openUpload(tenant: string, type: ReplicatedType, name: string, digest: string, size?: number): Promise<Upload> {
     const partialKey = this.#partialKey(tenant, type, name, digest);
     const key = this.#fileKey(tenant, type, name);
     const what = `${type} ${name.slice(0, 16)} of tenant ${tenant}`;
+    const context = { type, key, partialKey, what, digest, singlePutMax: this.#o.singlePutMax, onCommitted: (n: number) => this.#addUsage(tenant, n) };
+    if (size !== undefined && size <= this.#o.singlePutMax) {
+      // Buffered here and stored by one PUT that fails if the object exists:
+      // nothing in the bucket until then, so nothing to claim or resume (two
+      // front-ends may receive it at once; the first PUT stores it).
+      return new S3Upload(this, { ...context, lease: NO_CLAIM, state: null, partSize: this.#o.partSize, announced: size });
+    }
     const lease = await this.#claim(partialKey, what);
     let state: UploadState | null;
     try {
       state = await this.#state(partialKey);
-      if (state && (state.key !== key || state.partSize < MIN_PART)) state = null;
+      if (state && (state.key !== key || state.partSize < MIN_PART || state.partSize % SLAB !== 0)) state = null;
       if (state) {
         // The state object names each part (with the hash state after it)
         // before the part is sent; S3's own list of the parts says which
@@ -441,12 +549,7 @@ export class S3StoreBackend implements StoreBackend {
       await lease.release();
       throw err;
     }
-    return new S3Upload(this, {
-      type, key, partialKey, what, digest, lease, state,
-      partSize: state?.partSize ?? this.#o.partSize,
-      singlePutMax: this.#o.singlePutMax,
-      onCommitted: (size) => this.#addUsage(tenant, size),
-    });
+    return new S3Upload(this, { ...context, lease, state, partSize: state?.partSize ?? this.#o.partSize, announced: null });
   }
 
   /** Parts S3 holds for an upload, or null when the upload is gone. */
@@ -471,6 +574,11 @@ export class S3StoreBackend implements StoreBackend {
   /** @internal */ get bucket(): string { return this.#o.bucket; }
   /** @internal */ retention(): Retention { return this.#retention(); }
   /** @internal */ error(what: string, err: unknown): HoldfastError { return this.#error(what, err); }
+  /** @internal */ readonly slabs = new SlabPool();
+  /** @internal */ putStream(key: string, body: Readable, length: number, extra: Record<string, unknown>, sha256Hex: string, signal: AbortSignal): Promise<unknown> {
+    const cmd = new PutObjectCommand({ Bucket: this.#o.bucket, Key: key, Body: body, ContentLength: length, ...extra });
+    return withPayloadHash(cmd, [], sha256Hex).then(() => this.client.send(cmd, { abortSignal: signal }));
+  }
   /** @internal */ put(key: string, body: Buffer | Buffer[], extra?: Record<string, unknown>, sha256Hex?: string): Promise<{ ETag?: string; VersionId?: string }> { return this.#put(key, body, extra, sha256Hex); }
   /** @internal */ deleteAll(key: string): Promise<void> { return this.#deleteAll(key); }
   /** @internal */ getBytes(key: string): Promise<Buffer | null> { return this.#getBytes(key); }
@@ -794,6 +902,8 @@ interface UploadContext {
   state: UploadState | null;
   partSize: number;
   singlePutMax: number;
+  /** The size announced at open when the file goes in one unclaimed PUT; null: claimed, maybe multipart. */
+  announced: number | null;
   onCommitted: (size: number) => void;
 }
 
@@ -806,6 +916,8 @@ interface UploadContext {
  */
 class S3Upload implements Upload {
   readonly stored: number;
+  /** Parts are hashed here as they go, a one-PUT file by the object store (or here, when it does not check): the caller need not hash. */
+  readonly checksDigest = true;
   readonly #b: S3StoreBackend;
   readonly #c: UploadContext;
   #uploadId: string | null;
@@ -813,7 +925,7 @@ class S3Upload implements Upload {
   #parts: PartRecord[];
   /** Hash of every byte in parts sent or being sent. */
   #hasher: Hasher;
-  /** Bytes gathered for the next part (or the whole file, while it may still go in one PUT). */
+  /** Slabs holding the bytes gathered for the next part (or the whole file, while it may still go in one PUT); all full but the last. */
   #pending: Buffer[] = [];
   #pendingLength = 0;
   /** Parts being sent, in order. */
@@ -822,6 +934,14 @@ class S3Upload implements Upload {
   #sent: number;
   #stateVersion: string | undefined;
   #stateChain: Promise<void> = Promise.resolve();
+  /**
+   * A one-PUT file the object store checks (announced size, payload hash =
+   * the announced digest) goes out while it arrives: the PUT starts with the
+   * first write and is fed each slab as it fills. Nothing is visible unless
+   * all the bytes arrive and hash to the digest; a close before that aborts
+   * the request. The slabs stay with the upload until the PUT settles.
+   */
+  #stream: { body: Readable; done: Promise<unknown>; abort: AbortController; fed: number } | null = null;
   #failed: unknown = null;
   #closed = false;
 
@@ -874,9 +994,21 @@ class S3Upload implements Upload {
       if (at > end) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write at ${at}, but the upload ends at ${end}`);
       piece = piece.subarray(end - at);
       at = end + piece.length;
+      if (this.#c.announced !== null && at > this.#c.announced) {
+        throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write past the announced ${this.#c.announced} bytes`);
+      }
       // copied: the caller's buffers go back to a pool once this resolves
-      this.#pending.push(Buffer.from(piece));
-      this.#pendingLength += piece.length;
+      while (piece.length > 0) {
+        const fill = this.#pendingLength % SLAB;
+        if (fill === 0) this.#pending.push(this.#b.slabs.take());
+        const n = piece.copy(this.#pending.at(-1)!, fill);
+        this.#pendingLength += n;
+        piece = piece.subarray(n);
+      }
+    }
+    if (this.#c.announced !== null && this.#c.announced > 0 && this.#b.info.payloadChecked) {
+      this.#feed();
+      return;
     }
     // Past the single-PUT size, full parts go out as they fill.
     if (this.#sent + this.#pendingLength > this.#c.singlePutMax || this.#uploadId !== null) {
@@ -884,17 +1016,50 @@ class S3Upload implements Upload {
     }
   }
 
-  /** Takes n bytes off the front of the pending buffers. */
-  #take(n: number): Buffer[] {
-    const out: Buffer[] = [];
-    let need = n;
-    while (need > 0) {
-      const first = this.#pending[0]!;
-      if (first.length <= need) { out.push(first); this.#pending.shift(); need -= first.length; }
-      else { out.push(first.subarray(0, need)); this.#pending[0] = first.subarray(need); need = 0; }
+  /** Starts the streamed PUT (at the first write) and gives it the slabs filled since; the last one when all bytes are in. */
+  #feed(): void {
+    const size = this.#c.announced!;
+    if (this.#stream === null) {
+      const body = new Readable({ read: () => undefined });
+      const abort = new AbortController();
+      const done = this.#b.putStream(this.#c.key, body, size, { ...this.#b.retention(), IfNoneMatch: '*' }, this.#c.digest, abort.signal);
+      done.catch((err: unknown) => {
+        // Awaited by commit or #release; a failure other than "there already" or a digest refused ends the upload at once.
+        const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+        if (abort.signal.aborted || PAYLOAD_MISMATCH.has(e.name ?? '') || e.name === 'PreconditionFailed' || e.$metadata?.httpStatusCode === 412) return;
+        this.#failed ??= this.#b.error(`store ${this.#c.what} in`, err);
+      });
+      this.#stream = { body, done, abort, fed: 0 };
     }
+    const st = this.#stream;
+    const complete = this.#pendingLength === size;
+    const full = complete ? this.#pending.length : Math.floor(this.#pendingLength / SLAB);
+    if (st.fed < full) {
+      const views = this.#pendingViews();
+      for (; st.fed < full; st.fed++) st.body.push(views[st.fed]);
+    }
+    if (complete) st.body.push(null);
+  }
+
+  /** The bytes gathered, as views of their slabs. */
+  #pendingViews(): Buffer[] {
+    const last = this.#pendingLength % SLAB;
+    return this.#pending.map((s, i) => (i === this.#pending.length - 1 && last !== 0 ? s.subarray(0, last) : s));
+  }
+
+  /** Takes the first n bytes gathered: whole slabs (n a multiple of SLAB), or everything. */
+  #take(n: number): Chunk {
+    if (n === this.#pendingLength) {
+      const views = this.#pendingViews();
+      const slabs = this.#pending;
+      this.#pending = [];
+      this.#pendingLength = 0;
+      return { views, slabs, size: n };
+    }
+    if (n % SLAB !== 0 || n > this.#pendingLength) throw new Error(`cannot take ${n} of ${this.#pendingLength} bytes in slabs`);
+    const slabs = this.#pending.splice(0, n / SLAB);
     this.#pendingLength -= n;
-    return out;
+    return { views: slabs, slabs, size: n };
   }
 
   async #ensureUpload(): Promise<string> {
@@ -911,8 +1076,8 @@ class S3Upload implements Upload {
     return this.#uploadId;
   }
 
-  async #sendPart(bytes: Buffer[], record = true): Promise<void> {
-    const size = bytes.reduce((n, b) => n + b.length, 0);
+  async #sendPart(chunk: Chunk, record = true): Promise<void> {
+    const { views: bytes, size } = chunk;
     const n = this.#parts.length + 1;
     if (n > MAX_PARTS) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: more than ${MAX_PARTS} parts; the file is too large for the part size`);
     // The last part (sent at commit, already hashed there) carries no resumable state.
@@ -924,13 +1089,15 @@ class S3Upload implements Upload {
     // Named in the state before it is sent: a part S3 holds is never sent again.
     if (record) await this.#saveState();
     const done = (async (): Promise<void> => {
-      const body = bytes.length === 1 ? bytes[0]! : Buffer.concat(bytes, size);
-      const cmd = new UploadPartCommand({ Bucket: this.#b.bucket, Key: this.#c.key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: size });
-      await withPayloadHash(cmd as never, [body]);
       try {
+        const body = bytes.length === 1 ? bytes[0]! : new SlabBody(bytes);
+        const cmd = new UploadPartCommand({ Bucket: this.#b.bucket, Key: this.#c.key, UploadId: uploadId, PartNumber: n, Body: body as Buffer, ContentLength: size });
+        await withPayloadHash(cmd as never, bytes);
         rec.etag = (await this.#b.client.send(cmd)).ETag ?? '';
       } catch (err) {
         throw this.#b.error(`send part ${n} of ${this.#c.what} to`, err);
+      } finally {
+        this.#b.slabs.give(chunk.slabs);
       }
     })();
     done.catch((err: unknown) => { this.#failed ??= err; });
@@ -969,11 +1136,20 @@ class S3Upload implements Upload {
       await this.#drain();
       const total = this.#sent + this.#pendingLength;
       if (total !== size) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: ${total} bytes stored, ${size} announced`);
-      const rest = this.#take(this.#pendingLength);
-      // the digest of exactly the bytes in the parts and the rest, checked before the object exists
-      // The caller's hash covers exactly the bytes written here (resumed ones
-      // from this upload's own hash state); without it, hash them now.
-      let got = hashed;
+      // The rest stays in the pending slabs (given back by #release) unless it goes as the last part.
+      const rest = this.#pendingViews();
+      // The digest of exactly the bytes in the parts and the rest is checked
+      // before the object exists: the caller's hash (over exactly the bytes
+      // written here, resumed ones from this upload's own hash state), or
+      // one made here from the state after the last part and the rest, or,
+      // for a one-PUT file, by the object store, which refuses a body that
+      // does not hash to the payload hash it is sent under.
+      if (this.#stream !== null) {
+        await this.#finishStream(size);
+        return;
+      }
+      const byObjectStore = hashed === undefined && this.#uploadId === null && this.#b.info.payloadChecked;
+      let got = byObjectStore ? this.#c.digest : hashed;
       if (got === undefined) {
         const hasher = this.#parts.length > 0 ? Hasher.fromState(Buffer.from(this.#parts.at(-1)!.hash, 'base64')) : new Hasher();
         await hasher.update(rest);
@@ -984,7 +1160,8 @@ class S3Upload implements Upload {
         throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
           `${this.#c.what}: the ${size} bytes received hash to ${got.slice(0, 16)}…, not to the announced ${this.#c.digest.slice(0, 16)}…; the upload was discarded and will be sent again`);
       }
-      const existing = await this.#b.head(this.#c.key);
+      // A one-PUT file whose name is its content's hash needs no look first: the PUT fails if it exists.
+      const existing = this.#uploadId === null && contentAddressed(this.#c.type) ? null : await this.#b.head(this.#c.key);
       if (existing !== null) {
         await this.#sameAsExisting(existing.size, size);
         await this.#abort();
@@ -996,13 +1173,18 @@ class S3Upload implements Upload {
           await this.#b.put(this.#c.key, rest, { ...this.#b.retention(), IfNoneMatch: '*' }, got);
         } catch (err) {
           const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+          if (PAYLOAD_MISMATCH.has(e.name ?? '')) {
+            await this.discard();
+            throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
+              `${this.#c.what}: the ${size} bytes received do not hash to the announced ${this.#c.digest.slice(0, 16)}… (the object store refused them); the upload was discarded and will be sent again`);
+          }
           if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412) throw this.#b.error(`store ${this.#c.what} in`, err);
           await this.#sameAsExisting((await this.#b.head(this.#c.key))?.size ?? -1, size);
           return;
         }
       } else {
-        if (rest.length > 0) {
-          await this.#sendPart(rest, false);
+        if (this.#pendingLength > 0) {
+          await this.#sendPart(this.#take(this.#pendingLength), false);
           await this.#drain();
         }
         try {
@@ -1027,6 +1209,24 @@ class S3Upload implements Upload {
     }
   }
 
+  /** Waits for the streamed PUT of all `size` bytes: stored, refused as not hashing to the digest, or there already. */
+  async #finishStream(size: number): Promise<void> {
+    try {
+      await this.#stream!.done;
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      if (PAYLOAD_MISMATCH.has(e.name ?? '')) {
+        await this.discard();
+        throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
+          `${this.#c.what}: the ${size} bytes received do not hash to the announced ${this.#c.digest.slice(0, 16)}… (the object store refused them); the upload was discarded and will be sent again`);
+      }
+      if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412) throw this.#b.error(`store ${this.#c.what} in`, err);
+      await this.#sameAsExisting((await this.#b.head(this.#c.key))?.size ?? -1, size);
+      return;
+    }
+    this.#c.onCommitted(size); // (its retention, if any, came with the PUT)
+  }
+
   /** An object already there: fine when it is this file (content-addressed: same size; else same digest). */
   async #sameAsExisting(have: number, size: number): Promise<void> {
     let same = have === size;
@@ -1038,6 +1238,7 @@ class S3Upload implements Upload {
   }
 
   async #abort(): Promise<void> {
+    if (this.#c.announced !== null) return; // nothing in the bucket but what commit stored
     if (this.#uploadId !== null) {
       await this.#b.client.send(new AbortMultipartUploadCommand({ Bucket: this.#b.bucket, Key: this.#c.key, UploadId: this.#uploadId })).catch(() => undefined);
       this.#uploadId = null;
@@ -1057,6 +1258,12 @@ class S3Upload implements Upload {
   async #release(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#stream !== null) {
+      // Not all bytes arrived (or it settled already): a PUT cut short stores nothing.
+      this.#stream.abort.abort();
+      await this.#stream.done.catch(() => undefined);
+    }
+    this.#b.slabs.give(this.#pending);
     this.#pending = [];
     this.#pendingLength = 0;
     await this.#c.lease.release();

@@ -73,7 +73,7 @@ export async function importSeed(backend: StoreBackend, tenant: string, dir: str
     const fh = await fsp.open(src, 'r').catch((err: unknown) => {
       throw ioError(`cannot open ${e.type} ${e.name} on the seed`, err);
     });
-    const upload = await backend.openUpload(tenant, e.type, e.name, e.digest);
+    const upload = await backend.openUpload(tenant, e.type, e.name, e.digest, e.size);
     try {
       for (let off = 0; off < e.size;) {
         const { bytesRead } = await fh.read(buf, 0, Math.min(PIECE, e.size - off), off);

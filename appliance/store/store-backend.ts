@@ -27,11 +27,19 @@ export interface TrashEntry {
  * front-ends rest on. While an upload is open it owns that file alone: a
  * second openUpload of the same file fails with HF_STORE_BUSY until the first
  * is closed or its process is gone, so no upload ever writes into bytes
- * another verified or committed.
+ * another verified or committed (an upload that keeps no partial bytes, see
+ * openUpload's size, needs no such claim).
  */
 export interface Upload {
   /** Bytes stored so far (the partial file's length when opened). */
   readonly stored: number;
+  /**
+   * True when commit checks the digest without the caller's hash (S3: the
+   * object store verifies a one-PUT file against it, and the upload's own
+   * hash state covers multipart parts): the caller then need not hash the
+   * bytes it writes, and passes no `hashed`.
+   */
+  readonly checksDigest: boolean;
   /**
    * Writes bytes (the pieces in order) at position. Writes come one after
    * another, each starting at or before the end of the bytes written so far:
@@ -82,8 +90,14 @@ export interface StoreBackend {
   stat(tenant: string, type: ReplicatedType, name: string): Promise<number | null>;
   /** Bytes stored of an upload in progress, or null when there is none. */
   partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null>;
-  /** Opens (creating when needed) the upload of one file. */
-  openUpload(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<Upload>;
+  /**
+   * Opens (creating when needed) the upload of one file. `size`, when the
+   * caller knows it, lets a backend take a cheaper path: S3 buffers a file
+   * of at most its single-PUT size and stores it with one conditional PUT,
+   * without a claim (such an upload is never HF_STORE_BUSY, and keeps no
+   * partial bytes: `stored` is 0).
+   */
+  openUpload(tenant: string, type: ReplicatedType, name: string, digest: string, size?: number): Promise<Upload>;
   /** Reads a range of a complete file (into the caller's buffer of exactly length bytes, when given); HF_STORE_NOT_FOUND when missing. */
   read(tenant: string, type: ReplicatedType, name: string, offset: number, length: number, into?: Buffer): Promise<Buffer>;
   /** Complete files of a type with names after `after`, in name order, at most limit. */

@@ -24,8 +24,8 @@ export interface SessionSettings {
 interface PutStream {
   kind: 'put';
   upload: Upload | null;
-  /** SHA-256 of the file so far, fed in order as bytes arrive (one update at a time). */
-  hasher: Hasher;
+  /** SHA-256 of the file so far, fed in order as bytes arrive (one update at a time); null when the backend checks the digest itself. */
+  hasher: Hasher | null;
   hashing: Promise<void>;
   lastWrite: Promise<void>;
   size: number;
@@ -335,7 +335,7 @@ export class StoreSession {
     if (!contentAddressed(req.type) && req.size > MAX_SMALL_FILE) {
       throw new HoldfastError('HF_PROTO_MALFORMED', `PUT: a ${req.type} file of ${req.size} bytes is larger than any Holdfast writes`);
     }
-    const upload = await b.openUpload(t, req.type, req.name, req.digest);
+    const upload = await b.openUpload(t, req.type, req.name, req.digest, req.size);
     if (this.#streams.get(id) !== st) {
       await upload.close();
       return;
@@ -356,7 +356,8 @@ export class StoreSession {
       }
     }
     st.upload = upload;
-    // The part stored by earlier connections is hashed by the backend; the rest as it arrives.
+    // The part stored by earlier connections is hashed by the backend; the rest as it arrives
+    // (unless the backend checks the digest itself).
     if (start > 0) {
       const resumed = await upload.resumeAt(start);
       st.next = resumed.at;
@@ -364,6 +365,7 @@ export class StoreSession {
     } else {
       st.next = 0;
     }
+    if (upload.checksDigest) st.hasher = null;
     if (this.#streams.get(id) !== st) {
       await upload.close();
       return;
@@ -401,8 +403,11 @@ export class StoreSession {
         this.#socket.pause();
       }
       const parts = f.parts;
-      st.hashing = st.hashing.then(() => st.hasher.update(parts));
-      st.hashing.catch(() => undefined); // awaited (and reported) in #finish
+      const hasher = st.hasher;
+      if (hasher !== null) {
+        st.hashing = st.hashing.then(() => hasher.update(parts));
+        st.hashing.catch(() => undefined); // awaited (and reported) in #finish
+      }
       const hashed = st.hashing;
       // Writes of one upload go one after another, so the partial file is
       // always a prefix of the file (a killed front-end leaves no hole), and
@@ -453,7 +458,7 @@ export class StoreSession {
       if (st.next !== st.size) {
         throw new HoldfastError('HF_STORE_BAD_OFFSET', `the upload ended at byte ${st.next} of ${st.size}`);
       }
-      await st.upload!.commit(st.size, st.hasher.digest().toString('hex'));
+      await st.upload!.commit(st.size, st.hasher?.digest().toString('hex'));
       await st.upload!.close();
       if (this.#streams.get(id) === st) this.#respond(id, { size: st.size }, true);
     } catch (err) {
