@@ -40,6 +40,8 @@ const MIN_PART = 5 << 20;
 const MAX_PARTS = 10_000;
 /** Received bytes wait for S3 in slabs of this size (parts are whole slabs). */
 const SLAB = 1 << 20;
+/** Bytes of a streamed PUT that may wait for the object store before a write waits. */
+const STREAM_AHEAD = 4 << 20;
 /** Free slabs a backend keeps for the next uploads (256 MiB at most). */
 const SLABS_KEPT = 256;
 
@@ -892,6 +894,16 @@ async function withPayloadHash(cmd: { middlewareStack: { add: (mw: never, o: { s
   }) as never, { step: 'build', name: 'holdfastPayloadHash' });
 }
 
+/** The PUT of a streamed one-PUT file: its body, result, abort, and a write waiting for the body to drain. */
+interface StreamedPut {
+  body: Readable;
+  done: Promise<unknown>;
+  abort: AbortController;
+  /** The PUT has settled: nothing reads the body any more. */
+  settled: boolean;
+  wake: (() => void) | null;
+}
+
 interface UploadContext {
   type: ReplicatedType;
   key: string;
@@ -937,11 +949,12 @@ class S3Upload implements Upload {
   /**
    * A one-PUT file the object store checks (announced size, payload hash =
    * the announced digest) goes out while it arrives: the PUT starts with the
-   * first write and is fed each slab as it fills. Nothing is visible unless
-   * all the bytes arrive and hash to the digest; a close before that aborts
-   * the request. The slabs stay with the upload until the PUT settles.
+   * first write and is fed each piece (the caller's own when it gives them,
+   * else a copy). Nothing is visible unless all the bytes arrive and hash to
+   * the digest; a close before that aborts the request. A write waits while
+   * more than STREAM_AHEAD bytes wait for the object store.
    */
-  #stream: { body: Readable; done: Promise<unknown>; abort: AbortController; fed: number } | null = null;
+  #stream: StreamedPut | null = null;
   #failed: unknown = null;
   #closed = false;
 
@@ -984,8 +997,9 @@ class S3Upload implements Upload {
     if (this.#c.lease.lost()) throw new HoldfastError('HF_STORE_BUSY', `${this.#c.what}: another front-end took over this upload (this one was silent past its lease)`);
   }
 
-  async write(parts: readonly Uint8Array[], position: number): Promise<void> {
+  async write(parts: readonly Uint8Array[], position: number, owned = false): Promise<void> {
     this.#check();
+    if (this.#c.announced !== null && this.#c.announced > 0 && this.#b.info.payloadChecked) return this.#streamWrite(parts, position, owned);
     let at = position;
     for (const p of parts) {
       let piece = Buffer.from(p.buffer, p.byteOffset, p.length);
@@ -1006,39 +1020,50 @@ class S3Upload implements Upload {
         piece = piece.subarray(n);
       }
     }
-    if (this.#c.announced !== null && this.#c.announced > 0 && this.#b.info.payloadChecked) {
-      this.#feed();
-      return;
-    }
     // Past the single-PUT size, full parts go out as they fill.
     if (this.#sent + this.#pendingLength > this.#c.singlePutMax || this.#uploadId !== null) {
       while (this.#pendingLength >= this.#c.partSize) await this.#sendPart(this.#take(this.#c.partSize));
     }
   }
 
-  /** Starts the streamed PUT (at the first write) and gives it the slabs filled since; the last one when all bytes are in. */
-  #feed(): void {
+  /** write() of a streamed one-PUT file: the PUT starts with the first bytes; the last one ends its body. */
+  async #streamWrite(parts: readonly Uint8Array[], position: number, owned: boolean): Promise<void> {
     const size = this.#c.announced!;
     if (this.#stream === null) {
-      const body = new Readable({ read: () => undefined });
       const abort = new AbortController();
-      const done = this.#b.putStream(this.#c.key, body, size, { ...this.#b.retention(), IfNoneMatch: '*' }, this.#c.digest, abort.signal);
-      done.catch((err: unknown) => {
+      const st: StreamedPut = {
+        body: new Readable({ read: () => { const w = st.wake; st.wake = null; w?.(); } }),
+        done: Promise.resolve(), abort, settled: false, wake: null,
+      };
+      st.done = this.#b.putStream(this.#c.key, st.body, size, { ...this.#b.retention(), IfNoneMatch: '*' }, this.#c.digest, abort.signal);
+      st.done.catch((err: unknown) => {
         // Awaited by commit or #release; a failure other than "there already" or a digest refused ends the upload at once.
         const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
         if (abort.signal.aborted || PAYLOAD_MISMATCH.has(e.name ?? '') || e.name === 'PreconditionFailed' || e.$metadata?.httpStatusCode === 412) return;
         this.#failed ??= this.#b.error(`store ${this.#c.what} in`, err);
-      });
-      this.#stream = { body, done, abort, fed: 0 };
+      }).finally(() => { st.settled = true; const w = st.wake; st.wake = null; w?.(); });
+      this.#stream = st;
     }
     const st = this.#stream;
-    const complete = this.#pendingLength === size;
-    const full = complete ? this.#pending.length : Math.floor(this.#pendingLength / SLAB);
-    if (st.fed < full) {
-      const views = this.#pendingViews();
-      for (; st.fed < full; st.fed++) st.body.push(views[st.fed]);
+    let at = position;
+    for (const p of parts) {
+      let piece = Buffer.from(p.buffer, p.byteOffset, p.length);
+      const end = this.#pendingLength;
+      if (at + piece.length <= end) { at += piece.length; continue; } // bytes it has already
+      if (at > end) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write at ${at}, but the upload ends at ${end}`);
+      piece = piece.subarray(end - at);
+      at = end + piece.length;
+      if (at > size) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write past the announced ${size} bytes`);
+      // the caller's buffers, when given; else copied (they go back to a pool once this resolves)
+      st.body.push(owned ? piece : Buffer.from(piece));
+      this.#pendingLength = at;
     }
-    if (complete) st.body.push(null);
+    if (this.#pendingLength === size) st.body.push(null);
+    // Backpressure: the next write waits until the object store has taken most of this.
+    while (st.body.readableLength > STREAM_AHEAD && !st.settled && !this.#closed) {
+      await new Promise<void>((resolve) => { st.wake = resolve; });
+      this.#check();
+    }
   }
 
   /** The bytes gathered, as views of their slabs. */

@@ -45,8 +45,11 @@ export interface Upload {
    * another, each starting at or before the end of the bytes written so far:
    * repeating bytes is harmless, a hole is HF_STORE_BAD_OFFSET. A closed
    * upload keeps a prefix of them (a directory every byte, S3 whole parts).
+   * `owned`: the caller gives the pieces away (it never writes to them
+   * again), so the upload may keep them rather than a copy; otherwise they
+   * are the caller's again once the write resolves.
    */
-  write(parts: readonly Uint8Array[], position: number): Promise<void>;
+  write(parts: readonly Uint8Array[], position: number, owned?: boolean): Promise<void>;
   /**
    * Prepares to receive the rest of the file from at most `offset` (≤ stored):
    * resolves with where the next write must start (`at` ≤ offset; a directory

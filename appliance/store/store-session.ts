@@ -413,7 +413,7 @@ export class StoreSession {
       // always a prefix of the file (a killed front-end leaves no hole), and
       // window is given back only for bytes both written and hashed.
       const previous = st.lastWrite;
-      const w: Promise<void> = previous.then(() => st.upload!.write(parts, pos)).then(() => hashed).then(
+      const w: Promise<void> = previous.then(() => st.upload!.write(parts, pos, true)).then(() => hashed).then(
         () => {
           st.writes.delete(w);
           this.#written(len);
