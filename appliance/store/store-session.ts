@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type tls from 'node:tls';
 
 import { HoldfastError, errorCode } from '../errors/index.ts';
+import { forEachLimit } from '../limits/index.ts';
 import {
   FLAG_END, type Frame, FrameDecoder, FramePool, FrameType, HEADER_SIZE, frameHeader, MAX_GET_WINDOW, MAX_LIST, MAX_PAYLOAD, PROTOCOL_VERSION, PUT_WINDOW,
   type Request, type WireError, contentAddressed, encodeFrame, encodeJson, parseHello, parseRequest,
@@ -66,6 +67,8 @@ const RESUME_AT = 8 << 20;
  * make the store buffer without bound.
  */
 const OUT_PAUSE_AT = 4 << 20;
+/** Files of one HAVE looked up at once. */
+const HAVE_LOOKUPS = 16;
 /** Config and key files are a few KiB; anything far larger is not one. */
 const MAX_SMALL_FILE = 1 << 20;
 
@@ -286,14 +289,15 @@ export class StoreSession {
     const t = this.#tenant;
     switch (req.op) {
       case 'HAVE': {
-        const files = [];
-        for (const ref of req.files) {
+        // Looked up several at once: on S3 each is a request or two, and a batch is up to a thousand files.
+        const files: ({ state: 'complete'; size: number } | { state: 'partial'; offset: number } | { state: 'absent' })[] = new Array(req.files.length);
+        await forEachLimit(req.files.map((ref, i) => ({ ref, i })), HAVE_LOOKUPS, async ({ ref, i }) => {
           const size = await b.stat(t, ref.type, ref.name);
-          if (size !== null) { files.push({ state: 'complete', size }); continue; }
+          if (size !== null) { files[i] = { state: 'complete', size }; return; }
           const digest = ref.digest ?? (contentAddressed(ref.type) ? ref.name : undefined);
           const offset = digest === undefined ? null : await b.partial(t, ref.type, ref.name, digest);
-          files.push(offset === null ? { state: 'absent' } : { state: 'partial', offset });
-        }
+          files[i] = offset === null ? { state: 'absent' } : { state: 'partial', offset };
+        });
         return { files };
       }
       case 'LIST':
