@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import v8 from 'node:v8';
 
 import { type Command, InvalidArgumentError } from 'commander';
 
@@ -192,6 +193,10 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
         cert: Buffer.from(await readPem(o.cert, 'certificate')), key: Buffer.from(await readPem(o.key, 'key')),
         ca: Buffer.from(await readPem(o.ca, 'CA certificate')), ...(o.crl ? { crl: Buffer.from(await readPem(o.crl, 'CRL')) } : {}),
       });
+      // A store moves gigabytes through short-lived socket buffers. Counted
+      // in V8's global heap limit, their memory no longer forces a full
+      // collection every few dozen MB (docs/BENCHMARKS.md, s3-store).
+      v8.setFlagsFromString('--external-memory-accounted-in-global-limit');
       const log = (e: Record<string, unknown>) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
       const backend = await openBackend(o, o.grace, true);
       if (backend instanceof S3StoreBackend) {
@@ -348,6 +353,7 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
     .option('--global-rate <rate>', 'a cap shared by all targets, e.g. 50MiB/s', rateOption)
     .option('--no-deletes', 'do not mirror deletions (prune) to the stores')
     .action(action(async (g, o: { target?: string; globalRate?: string; deletes: boolean }) => {
+      v8.setFlagsFromString('--external-memory-accounted-in-global-limit');
       const location = repoLocation(g);
       const storage = new LocalStorage(location);
       await storage.assertExists();
