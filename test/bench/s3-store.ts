@@ -4,17 +4,21 @@
 // through `holdfast store serve --backend s3`, against uploading the same
 // files straight to a bucket with the same SDK (@aws-sdk/client-s3, one
 // PutObject per file, as many at once as the replicator sends).
+// Every run gets a cluster of its own (memstore's CPU per byte grows by
+// more than half once it holds a few GB, which would favour whichever path
+// runs first); rounds alternate the order; the median of each is compared.
+// HOLDFAST_BENCH_ROUNDS (default 3); HOLDFAST_BENCH_CPU_PROF=DIR writes V8 CPU
+// profiles of the store front-end (DIR) and the replicating client (DIR/client).
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { CreateBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 
-import { forEachLimit } from '../../appliance/limits/index.ts';
 import { startCeph } from '../helpers/ceph.ts';
 import { makePki, startStore } from '../helpers/store.ts';
 import { emit, heading, mib, note, passMark, ratio, round, say, secs, table } from './report.ts';
-import { holdfast, prepareData, processCpu, repoFiles, timedCpu } from './replication.ts';
+import { holdfast, peakRssKib, prepareData, processCpu, repoFiles, timedCpu } from './replication.ts';
 import { BenchError, duBytes, removeTree, run, teardownScope, warmPageCache } from './run.ts';
 
 const TENANT = 'bench';
@@ -23,6 +27,8 @@ const PASSWORD = 'holdfast-bench-passphrase';
 const TARGET = 0.9;
 /** Files uploaded at once: the replicator's default concurrency. */
 const CONCURRENCY = 4;
+/** The baseline, a command of its own. */
+const DIRECT = path.join(import.meta.dirname, 's3-direct.ts');
 
 export interface S3StoreSummary {
   bytes: number;
@@ -61,68 +67,78 @@ export async function benchS3Store(work: string): Promise<S3StoreSummary> {
   say(`repository: ${want.size} files, ${bytes} bytes (${mib(bytes)}), du -sb ${du}`);
   if (du < 1e9) throw new BenchError(`the repository holds only ${du} bytes, less than 1 GB`);
 
-  const scope = teardownScope();
-  try {
-    note('s3-store: starting Ceph (mon, osd on memstore, radosgw)');
-    const ceph = await startCeph(scope.t, { memstoreBytes: 10 * 2 ** 30 });
-    const creds = { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey };
-    const client = new S3Client({
-      endpoint: ceph.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: creds,
-      requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: new NodeHttpHandler({ httpAgent: { keepAlive: true, maxSockets: 64 } }),
-    });
-    scope.t.teardown(() => client.destroy());
-    say(`ceph: ${run({ file: 'ceph', args: ['--version'] }).stdout.trim()}; radosgw at ${ceph.endpoint}`);
-    const pki = await makePki(path.join(dir, 'pki'), [TENANT], ['store']);
-    const appliance = pki.cert(TENANT);
-    const tlsFlags = ['--ca', pki.ca, '--cert', appliance.cert, '--key', appliance.key];
-    const files = [...want.keys()].sort();
+  const pki = await makePki(path.join(dir, 'pki'), [TENANT], ['store']);
+  const appliance = pki.cert(TENANT);
+  const tlsFlags = ['--ca', pki.ca, '--cert', appliance.cert, '--key', appliance.key];
+  const files = [...want.keys()].sort();
+  say(`ceph: ${run({ file: 'ceph', args: ['--version'] }).stdout.trim()}; a fresh cluster for every run (memstore's cost per byte grows as it fills)`);
 
-    const rounds = Math.max(1, Number(process.env.HOLDFAST_BENCH_ROUNDS ?? 2));
-    const results: Record<'holdfast' | 'direct', number[]> = { holdfast: [], direct: [] };
-    let target = 0;
+  const rounds = Math.max(1, Number(process.env.HOLDFAST_BENCH_ROUNDS ?? 3));
+  const results: Record<'holdfast' | 'direct', number[]> = { holdfast: [], direct: [] };
+  let target = 0;
+  try {
     for (let r = 1; r <= rounds; r++) {
       for (const tool of r % 2 === 1 ? ['holdfast', 'direct'] as const : ['direct', 'holdfast'] as const) {
-        const bucket = `bench-${tool}-${r}`;
-        await client.send(new CreateBucketCommand({ Bucket: bucket }));
-        warmPageCache(repo);
-        if (tool === 'direct') {
-          note(`s3-store: the SDK straight to the bucket (round ${r})`);
-          const t0 = performance.now();
-          await forEachLimit(files, CONCURRENCY, async (rel) => {
-            const body = await fs.promises.readFile(path.join(repo, rel));
-            await client.send(new PutObjectCommand({ Bucket: bucket, Key: `direct/${rel}`, Body: body, ContentLength: body.length }));
+        // Each run on a cluster of its own, started just for it: the same state for both paths.
+        const scope = teardownScope();
+        try {
+          const ceph = await startCeph(scope.t, { memstoreBytes: 4 * 2 ** 30 });
+          /** CPU seconds of the Ceph daemons (radosgw, osd, mon) so far. */
+          const cephCpu = () => ceph.pids.reduce((sum, pid) => sum + processCpu(pid), 0);
+          const creds = { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey };
+          const client = new S3Client({
+            endpoint: ceph.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: creds,
+            requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+            requestHandler: new NodeHttpHandler({ httpAgent: { keepAlive: true, maxSockets: 64 } }),
           });
-          const seconds = (performance.now() - t0) / 1000;
-          const got = await listed(client, bucket, 'direct/');
-          if (got.size !== want.size || [...want].some(([k, n]) => got.get(k) !== n)) throw new BenchError('the direct upload did not store every file at its size');
-          results.direct.push(seconds);
-          say(`round ${r}: SDK PutObject x${files.length} (${CONCURRENCY} at once) ${secs(seconds)} (${(bytes / seconds / 1e6).toFixed(0)} MB/s)`);
-          emit({ bench: 's3-store', tool: 'sdk-direct', round: r, seconds: round(seconds, 3), mbps: round(bytes / seconds / 1e6, 1), files: files.length });
-        } else {
-          const store = await startStore(scope.t, {
-            pki, name: 'bench-s3',
-            backend: ['--backend', 's3', '--s3-endpoint', ceph.endpoint, '--s3-bucket', bucket, '--s3-path-style'],
-            env: { AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey },
-          });
-          target++;
-          run(holdfast(['target', 'add', '--repo', repo, `s3-${target}`, '--endpoint', store.endpoint, ...tlsFlags], env));
-          note(`s3-store: holdfast replicate (round ${r})`);
-          const cpu0 = processCpu(store.pid);
-          const t = timedCpu(holdfast(['--json', 'replicate', '--repo', repo, '--target', `s3-${target}`], env));
-          const storeCpu = processCpu(store.pid) - cpu0;
-          const out = JSON.parse(t.stdout.trimEnd().split('\n').pop() ?? '{}') as { targets?: { ok: boolean; result?: { sentFiles: number; sent: number } }[] };
-          const res = out.targets?.[0];
-          if (!res?.ok || res.result?.sentFiles !== want.size || res.result.sent !== bytes) {
-            throw new BenchError(`holdfast replicate did not send the whole repository: ${t.stdout.slice(-800)}`);
+          scope.t.teardown(() => client.destroy());
+          const bucket = `bench-${tool}-${r}`;
+          await client.send(new CreateBucketCommand({ Bucket: bucket }));
+          warmPageCache(repo);
+          const cephCpu0 = cephCpu();
+          if (tool === 'direct') {
+            note(`s3-store: the SDK straight to the bucket (round ${r})`);
+            const spec = path.join(dir, 'direct.json');
+            fs.writeFileSync(spec, JSON.stringify({ endpoint: ceph.endpoint, bucket, prefix: 'direct/', root: repo, files, concurrency: CONCURRENCY }));
+            const t = timedCpu({ file: process.execPath, args: [DIRECT, spec], env: { ...process.env, AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey } });
+            const cephSeconds = cephCpu() - cephCpu0;
+            const loop = (JSON.parse(t.stdout.trim().split('\n').pop() ?? '{}') as { loop_seconds?: number }).loop_seconds ?? NaN;
+            const got = await listed(client, bucket, 'direct/');
+            if (got.size !== want.size || [...want].some(([k, n]) => got.get(k) !== n)) throw new BenchError('the direct upload did not store every file at its size');
+            results.direct.push(t.seconds);
+            say(`round ${r}: SDK PutObject x${files.length} (${CONCURRENCY} at once, own process) ${secs(t.seconds)} (${(bytes / t.seconds / 1e6).toFixed(0)} MB/s; upload loop alone ${secs(loop)}), SDK CPU ${t.cpu.toFixed(2)} s, Ceph CPU ${cephSeconds.toFixed(2)} s`);
+            emit({ bench: 's3-store', tool: 'sdk-direct', round: r, seconds: t.seconds, loop_seconds: loop, mbps: round(bytes / t.seconds / 1e6, 1), sdk_cpu_seconds: round(t.cpu, 2), ceph_cpu_seconds: round(cephSeconds, 2), files: files.length });
+          } else {
+            const store = await startStore(scope.t, {
+              pki, name: 'bench-s3',
+              backend: ['--backend', 's3', '--s3-endpoint', ceph.endpoint, '--s3-bucket', bucket, '--s3-path-style'],
+              env: { AWS_ACCESS_KEY_ID: creds.accessKeyId, AWS_SECRET_ACCESS_KEY: creds.secretAccessKey, ...(process.env.HOLDFAST_BENCH_CPU_PROF ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${process.env.HOLDFAST_BENCH_CPU_PROF}` } : {}) },
+            });
+            target++;
+            run(holdfast(['target', 'add', '--repo', repo, `s3-${target}`, '--endpoint', store.endpoint, ...tlsFlags], env));
+            note(`s3-store: holdfast replicate (round ${r})`);
+            const cpu0 = processCpu(store.pid);
+            const t = timedCpu(holdfast(['--json', 'replicate', '--repo', repo, '--target', `s3-${target}`], { ...env, ...(process.env.HOLDFAST_BENCH_CPU_PROF ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${process.env.HOLDFAST_BENCH_CPU_PROF}/client` } : {}) }));
+            const storeCpu = processCpu(store.pid) - cpu0;
+            const cephSeconds = cephCpu() - cephCpu0;
+            const storeRss = peakRssKib(store.pid);
+            const out = JSON.parse(t.stdout.trimEnd().split('\n').pop() ?? '{}') as { targets?: { ok: boolean; result?: { sentFiles: number; sent: number } }[] };
+            const res = out.targets?.[0];
+            if (!res?.ok || res.result?.sentFiles !== want.size || res.result.sent !== bytes) {
+              throw new BenchError(`holdfast replicate did not send the whole repository: ${t.stdout.slice(-800)}`);
+            }
+            // What a run costs apart from moving bytes (process start, connection, listing): the same command again, with nothing left to send.
+            const idle = timedCpu(holdfast(['--json', 'replicate', '--repo', repo, '--target', `s3-${target}`], env));
+            await store.stop();
+            const got = await listed(client, bucket, `tenants/${TENANT}/`);
+            const missing = [...want].filter(([k, n]) => got.get(k) !== n).map(([k]) => k);
+            if (missing.length > 0) throw new BenchError(`the bucket lacks ${missing.length} of the repository's files (e.g. ${missing[0]})`);
+            results.holdfast.push(t.seconds);
+            say(`round ${r}: holdfast replicate -> store serve --backend s3 ${secs(t.seconds)} (${(bytes / t.seconds / 1e6).toFixed(0)} MB/s), client CPU ${t.cpu.toFixed(2)} s, store CPU ${storeCpu.toFixed(2)} s (peak RSS ${(storeRss / 1024).toFixed(0)} MiB), Ceph CPU ${cephSeconds.toFixed(2)} s; every file in the bucket at its size; the same command with nothing to send ${secs(idle.seconds)}`);
+            emit({ bench: 's3-store', tool: 'holdfast', round: r, seconds: t.seconds, mbps: round(bytes / t.seconds / 1e6, 1), client_cpu_seconds: round(t.cpu, 2), store_cpu_seconds: round(storeCpu, 2), store_rss_kib: storeRss, ceph_cpu_seconds: round(cephSeconds, 2), nothing_to_send_seconds: idle.seconds, files: want.size });
           }
-          await store.stop();
-          const got = await listed(client, bucket, `tenants/${TENANT}/`);
-          const missing = [...want].filter(([k, n]) => got.get(k) !== n).map(([k]) => k);
-          if (missing.length > 0) throw new BenchError(`the bucket lacks ${missing.length} of the repository's files (e.g. ${missing[0]})`);
-          results.holdfast.push(t.seconds);
-          say(`round ${r}: holdfast replicate -> store serve --backend s3 ${secs(t.seconds)} (${(bytes / t.seconds / 1e6).toFixed(0)} MB/s), client CPU ${t.cpu.toFixed(2)} s, store CPU ${storeCpu.toFixed(2)} s; every file in the bucket at its size`);
-          emit({ bench: 's3-store', tool: 'holdfast', round: r, seconds: t.seconds, mbps: round(bytes / t.seconds / 1e6, 1), client_cpu_seconds: round(t.cpu, 2), store_cpu_seconds: round(storeCpu, 2), files: want.size });
+        } finally {
+          await scope.close();
         }
       }
     }
@@ -141,7 +157,6 @@ export async function benchS3Store(work: string): Promise<S3StoreSummary> {
     emit({ bench: 's3-store', op: 'summary', rounds, ...summary });
     return summary;
   } finally {
-    await scope.close();
     if (!process.env.HOLDFAST_BENCH_KEEP) removeTree(dir);
   }
 }
