@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, DeleteObjectCommand, GetObjectRetentionCommand, HeadObjectCommand, ListObjectVersionsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import t, { type Test } from 'tap';
 
-import { S3StoreBackend, type S3StoreOptions } from '../appliance/store/index.ts';
+import { S3StoreBackend, type S3StoreOptions } from '../appliance/store/s3-store-backend.ts';
 import { cephInstalled, startCeph } from './helpers/ceph.ts';
 import { storeBackendSuite, storeFile } from './helpers/store-backend-suite.ts';
 import { tmpDir } from './helpers/tmp.ts';
@@ -110,7 +110,7 @@ if (!cephInstalled()) {
     const name = sha(data);
     const dir = tmpDir(t, 'hf-s3-kill-');
     fs.writeFileSync(path.join(dir, 'data'), data);
-    const backendUrl = new URL('../appliance/store/index.ts', import.meta.url).href;
+    const backendUrl = new URL('../appliance/store/s3-store-backend.ts', import.meta.url).href;
     // A front-end of its own (another process): claims the upload, sends two parts, says so, and is SIGKILLed.
     const script = `
       import fs from 'node:fs';

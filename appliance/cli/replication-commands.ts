@@ -12,7 +12,7 @@ import {
 } from '../replication/index.ts';
 import { Lock, Repository } from '../repository/index.ts';
 import { listSnapshots } from '../snapshot/index.ts';
-import { FsStoreBackend, S3StoreBackend, type StoreBackend, StoreServer, assertTenant, importSeed } from '../store/index.ts';
+import { FsStoreBackend, type S3BucketInfo, type StoreBackend, StoreServer, assertTenant, importSeed } from '../store/index.ts';
 import { LocalStorage } from '../storage/index.ts';
 import { type GlobalOptions, credentials, repoLocation, untilAborted } from './context.ts';
 import { type Output, bytes, duration } from './output.ts';
@@ -56,7 +56,7 @@ function backendOptions(cmd: Command): Command {
 }
 
 /** Opens the store's backend; a directory is created only when `create` (serve, import). */
-async function openBackend(o: BackendFlags, graceSeconds: number, create = false): Promise<StoreBackend & { describe(): string }> {
+async function openBackend(o: BackendFlags, graceSeconds: number, create = false): Promise<StoreBackend & { describe(): string; s3?: S3BucketInfo }> {
   if (o.backend === 'fs') {
     if (!o.dir) throw new HoldfastError('HF_USAGE', '--dir is required with --backend fs (the default)');
     const b = new FsStoreBackend(o.dir);
@@ -67,6 +67,7 @@ async function openBackend(o: BackendFlags, graceSeconds: number, create = false
   if (!o.s3Bucket) throw new HoldfastError('HF_USAGE', '--s3-bucket is required with --backend s3');
   if (o.s3LockMode !== 'COMPLIANCE' && o.s3LockMode !== 'GOVERNANCE') throw new HoldfastError('HF_USAGE', `--s3-lock-mode '${o.s3LockMode}': give COMPLIANCE or GOVERNANCE`);
   if (o.s3Endpoint !== undefined && !/^https?:\/\/[^/]+\/?$/.test(o.s3Endpoint)) throw new HoldfastError('HF_USAGE', `--s3-endpoint '${o.s3Endpoint}': give http(s)://HOST[:PORT]`);
+  const { S3StoreBackend } = await import('../store/s3-store-backend.ts'); // (the AWS SDK: only when asked for)
   const b = new S3StoreBackend({
     ...(o.s3Endpoint ? { endpoint: o.s3Endpoint } : {}), bucket: o.s3Bucket, region: o.s3Region ?? 'us-east-1',
     pathStyle: o.s3PathStyle === true, ...(o.s3Prefix ? { prefix: o.s3Prefix } : {}), graceSeconds, lockMode: o.s3LockMode,
@@ -80,7 +81,7 @@ async function openBackend(o: BackendFlags, graceSeconds: number, create = false
     await b.close();
     throw err;
   }
-  return Object.assign(b, { describe: () => b.location });
+  return Object.assign(b, { describe: () => b.location, s3: b.info });
 }
 
 export function parseDuration(value: string): number {
@@ -199,10 +200,11 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
       v8.setFlagsFromString('--external-memory-accounted-in-global-limit');
       const log = (e: Record<string, unknown>) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
       const backend = await openBackend(o, o.grace, true);
-      if (backend instanceof S3StoreBackend) {
-        if (backend.info.objectLock) log({ event: 'object-lock', enabled: true, mode: o.s3LockMode, retentionSeconds: o.grace, message: `every object is retained ${o.grace} s (${o.s3LockMode}) by the bucket itself` });
+      if (backend.s3) {
+        const info = backend.s3;
+        if (info.objectLock) log({ event: 'object-lock', enabled: true, mode: o.s3LockMode, retentionSeconds: o.grace, message: `every object is retained ${o.grace} s (${o.s3LockMode}) by the bucket itself` });
         else log({ event: 'object-lock', enabled: false, message: `bucket ${o.s3Bucket} has no Object Lock: anyone with these credentials can destroy offsite copies at once; for immutability create the bucket with Object Lock enabled` });
-        log({ event: 'payload-check', enabled: backend.info.payloadChecked, message: backend.info.payloadChecked
+        log({ event: 'payload-check', enabled: info.payloadChecked, message: info.payloadChecked
           ? 'the object store checks each PUT against its SHA-256 payload hash: one-PUT files are verified by it'
           : 'the object store did not refuse a PUT under a wrong payload hash: the store hashes every file itself' });
       }
