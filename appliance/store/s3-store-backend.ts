@@ -431,6 +431,15 @@ export class S3StoreBackend implements StoreBackend {
     return state ? state.parts.reduce((n, p) => n + p.size, 0) : null;
   }
 
+  async partials(tenant: string, files: readonly { type: ReplicatedType; name: string; digest: string }[]): Promise<(number | null)[]> {
+    // One listing of the tenant's upload states (few, as a rule) instead of a GET per file.
+    const keys = files.map((f) => this.#partialKey(tenant, f.type, f.name, f.digest));
+    if (keys.length === 0) return [];
+    const { items } = await this.#list(`${this.#tenantKey(tenant)}partial/`, undefined, Infinity);
+    const present = new Set(items.map((i) => i.key));
+    return Promise.all(keys.map(async (k, i) => (present.has(k) ? this.partial(tenant, files[i]!.type, files[i]!.name, files[i]!.digest) : null)));
+  }
+
   async #state(key: string): Promise<UploadState | null> {
     const bytes = await this.#getBytes(key);
     if (!bytes) return null;

@@ -93,6 +93,8 @@ export interface StoreBackend {
   stat(tenant: string, type: ReplicatedType, name: string): Promise<number | null>;
   /** Bytes stored of an upload in progress, or null when there is none. */
   partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null>;
+  /** partial() of many files at once, in their order (optional: S3 answers them from one listing of its upload states). */
+  partials?(tenant: string, files: readonly { type: ReplicatedType; name: string; digest: string }[]): Promise<(number | null)[]>;
   /**
    * Opens (creating when needed) the upload of one file. `size`, when the
    * caller knows it, lets a backend take a cheaper path: S3 buffers a file

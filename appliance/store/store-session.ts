@@ -5,7 +5,7 @@ import { HoldfastError, errorCode } from '../errors/index.ts';
 import { forEachLimit } from '../limits/index.ts';
 import {
   FLAG_END, type Frame, FrameDecoder, FramePool, FrameType, HEADER_SIZE, frameHeader, MAX_GET_WINDOW, MAX_LIST, MAX_PAYLOAD, PROTOCOL_VERSION, PUT_WINDOW,
-  type Request, type WireError, contentAddressed, encodeFrame, encodeJson, parseHello, parseRequest,
+  type ReplicatedType, type Request, type WireError, contentAddressed, encodeFrame, encodeJson, parseHello, parseRequest,
 } from '../protocol/index.ts';
 import { Hasher } from '../../native/index.ts';
 import type { StoreBackend, Upload } from './store-backend.ts';
@@ -291,13 +291,18 @@ export class StoreSession {
       case 'HAVE': {
         // Looked up several at once: on S3 each is a request or two, and a batch is up to a thousand files.
         const files: ({ state: 'complete'; size: number } | { state: 'partial'; offset: number } | { state: 'absent' })[] = new Array(req.files.length);
+        const open: { type: ReplicatedType; name: string; digest: string; i: number }[] = [];
         await forEachLimit(req.files.map((ref, i) => ({ ref, i })), HAVE_LOOKUPS, async ({ ref, i }) => {
           const size = await b.stat(t, ref.type, ref.name);
           if (size !== null) { files[i] = { state: 'complete', size }; return; }
+          files[i] = { state: 'absent' };
           const digest = ref.digest ?? (contentAddressed(ref.type) ? ref.name : undefined);
-          const offset = digest === undefined ? null : await b.partial(t, ref.type, ref.name, digest);
-          files[i] = offset === null ? { state: 'absent' } : { state: 'partial', offset };
+          if (digest !== undefined) open.push({ type: ref.type, name: ref.name, digest, i });
         });
+        // Of the files not there, which have an upload in progress.
+        const offsets = b.partials ? await b.partials(t, open) : [];
+        if (!b.partials) await forEachLimit(open.map((_, j) => j), HAVE_LOOKUPS, async (j) => { offsets[j] = await b.partial(t, open[j]!.type, open[j]!.name, open[j]!.digest); });
+        open.forEach((f, j) => { const offset = offsets[j]; if (offset !== null && offset !== undefined) files[f.i] = { state: 'partial', offset }; });
         return { files };
       }
       case 'LIST':
