@@ -2,9 +2,10 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { CreateBucketCommand, GetObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, S3Client } from '@aws-sdk/client-s3';
 import t from 'tap';
 
+import { StoreConnection } from '../appliance/replication/store-connection.ts';
 import { cephInstalled, startCeph } from './helpers/ceph.ts';
 import { cli, finish, startCli } from './helpers/cli.ts';
 import { CountingProxy, makePki, startStore } from './helpers/store.ts';
@@ -166,5 +167,32 @@ if (!cephInstalled()) {
     t.ok(p2.toServer <= (repoBytes - res.resumed) * 1.05 + MiB, 'the second run sent no more than what the bucket lacked (5% framing and TLS allowed)');
     const got = await bucketFiles(bucket);
     t.same([...want].filter(([k, v]) => got.get(k) !== v).map(([k]) => k), [], 'the bucket holds every file, byte-identical');
+  });
+
+  t.test('a PUT of a pack the bucket already holds (no look first: the conditional PUT finds it) succeeds and leaves the object as it was; wrong bytes are refused', async (t) => {
+    const bucket = `hf-repl-${process.pid}-again`;
+    await admin.send(new CreateBucketCommand({ Bucket: bucket }));
+    const store = await startStore(t, { pki, backend: s3Args(bucket), env: s3Env });
+    const conn = await StoreConnection.connect({ host: '127.0.0.1', port: store.port }, { cert: fs.readFileSync(acme.cert), key: fs.readFileSync(acme.key), ca: fs.readFileSync(pki.ca) });
+    t.teardown(() => conn.close());
+    const data = pseudoRandom('s3-again', 3 * MiB + 17);
+    const name = createHash('sha256').update(data).digest('hex');
+    const file = { type: 'pack' as const, name, size: data.length, digest: name };
+    const reader = (bytes: Buffer) => async (pos: number, into: Buffer) => { bytes.copy(into, 0, pos, pos + into.length); };
+    await conn.put(file, 0, reader(data));
+    const key = `tenants/acme/data/${name.slice(0, 2)}/${name}`;
+    const first = await admin.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    await new Promise((r) => setTimeout(r, 1100)); // past a whole second of LastModified
+    const again = await conn.put(file, 0, reader(data));
+    t.equal(again.existed, false, 'the store did not look first: the bytes were sent');
+    const second = await admin.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    t.same([second.LastModified, second.ETag], [first.LastModified, first.ETag], 'the second PUT succeeded and the object is the first one, untouched');
+    const bad = Buffer.from(data);
+    bad[1_000_000] = bad[1_000_000]! ^ 1;
+    const badName = createHash('sha256').update(pseudoRandom('s3-other', 2 * MiB)).digest('hex');
+    await t.rejects(conn.put({ type: 'pack', name: badName, size: bad.length, digest: badName }, 0, reader(bad)), { code: 'HF_STORE_DIGEST_MISMATCH' },
+      'bytes that do not hash to the announced digest: HF_STORE_DIGEST_MISMATCH (the object store refused them)');
+    await t.rejects(admin.send(new HeadObjectCommand({ Bucket: bucket, Key: `tenants/acme/data/${badName.slice(0, 2)}/${badName}` })), { name: 'NotFound' }, 'and nothing was stored under that name');
+    await store.stop();
   });
 }

@@ -431,6 +431,10 @@ export class S3StoreBackend implements StoreBackend {
     return state ? state.parts.reduce((n, p) => n + p.size, 0) : null;
   }
 
+  storesOnce(size: number): boolean {
+    return size <= this.#o.singlePutMax;
+  }
+
   async partials(tenant: string, files: readonly { type: ReplicatedType; name: string; digest: string }[]): Promise<(number | null)[]> {
     // One listing of the tenant's upload states (few, as a rule) instead of a GET per file.
     const keys = files.map((f) => this.#partialKey(tenant, f.type, f.name, f.digest));

@@ -93,6 +93,13 @@ export interface StoreBackend {
   stat(tenant: string, type: ReplicatedType, name: string): Promise<number | null>;
   /** Bytes stored of an upload in progress, or null when there is none. */
   partial(tenant: string, type: ReplicatedType, name: string, digest: string): Promise<number | null>;
+  /**
+   * True when an upload of a content-addressed file of this size stores it
+   * with one write that fails if the file exists (optional; S3 up to its
+   * single-PUT size): the caller need not look for the file first, the
+   * commit finds it.
+   */
+  storesOnce?(size: number): boolean;
   /** partial() of many files at once, in their order (optional: S3 answers them from one listing of its upload states). */
   partials?(tenant: string, files: readonly { type: ReplicatedType; name: string; digest: string }[]): Promise<(number | null)[]>;
   /**
