@@ -171,6 +171,12 @@ export interface S3BucketInfo {
 /** Errors S3 answers a body that does not hash to x-amz-content-sha256 with. */
 const PAYLOAD_MISMATCH = new Set(['XAmzContentSHA256Mismatch', 'BadDigest']);
 
+/** A conditional write refused: If-None-Match found the object there. */
+function preconditionFailed(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e.name === 'PreconditionFailed' || e.$metadata?.httpStatusCode === 412;
+}
+
 /**
  * A store's files in a bucket of an S3-compatible object store (Ceph RGW,
  * AWS S3, MinIO, Backblaze B2, Wasabi). The front-end keeps nothing of its
@@ -1012,18 +1018,8 @@ class S3Upload implements Upload {
 
   async write(parts: readonly Uint8Array[], position: number, owned = false): Promise<void> {
     this.#check();
-    if (this.#c.announced !== null && this.#c.announced > 0 && this.#b.info.payloadChecked) return this.#streamWrite(parts, position, owned);
-    let at = position;
-    for (const p of parts) {
-      let piece = Buffer.from(p.buffer, p.byteOffset, p.length);
-      const end = this.#end;
-      if (at + piece.length <= end) { at += piece.length; continue; } // bytes it has already
-      if (at > end) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write at ${at}, but the upload ends at ${end}`);
-      piece = piece.subarray(end - at);
-      at = end + piece.length;
-      if (this.#c.announced !== null && at > this.#c.announced) {
-        throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write past the announced ${this.#c.announced} bytes`);
-      }
+    if (this.#c.announced !== null && this.#c.announced > 0 && this.#b.info.payloadChecked) return this.#streamWrite(this.#fresh(parts, position), owned);
+    for (let piece of this.#fresh(parts, position)) {
       // copied: the caller's buffers go back to a pool once this resolves
       while (piece.length > 0) {
         const fill = this.#pendingLength % SLAB;
@@ -1039,8 +1035,31 @@ class S3Upload implements Upload {
     }
   }
 
+  /**
+   * The pieces of a write beyond the bytes the upload holds (those it has
+   * are skipped); a hole, or a byte past the announced size, is
+   * HF_STORE_BAD_OFFSET before anything is taken.
+   */
+  #fresh(parts: readonly Uint8Array[], position: number): Buffer[] {
+    const out: Buffer[] = [];
+    let at = position;
+    let end = this.#end;
+    for (const p of parts) {
+      const piece = Buffer.from(p.buffer, p.byteOffset, p.length);
+      if (at + piece.length <= end) { at += piece.length; continue; }
+      if (at > end) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write at ${at}, but the upload ends at ${end}`);
+      out.push(piece.subarray(end - at));
+      at += piece.length;
+      end = at;
+      if (this.#c.announced !== null && at > this.#c.announced) {
+        throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write past the announced ${this.#c.announced} bytes`);
+      }
+    }
+    return out;
+  }
+
   /** write() of a streamed one-PUT file: the PUT starts with the first bytes; the last one ends its body. */
-  async #streamWrite(parts: readonly Uint8Array[], position: number, owned: boolean): Promise<void> {
+  async #streamWrite(pieces: Buffer[], owned: boolean): Promise<void> {
     const size = this.#c.announced!;
     if (this.#stream === null) {
       const abort = new AbortController();
@@ -1051,25 +1070,16 @@ class S3Upload implements Upload {
       st.done = this.#b.putStream(this.#c.key, st.body, size, { ...this.#b.retention(), IfNoneMatch: '*' }, this.#c.digest, abort.signal);
       st.done.catch((err: unknown) => {
         // Awaited by commit or #release; a failure other than "there already" or a digest refused ends the upload at once.
-        const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-        if (abort.signal.aborted || PAYLOAD_MISMATCH.has(e.name ?? '') || e.name === 'PreconditionFailed' || e.$metadata?.httpStatusCode === 412) return;
+        if (abort.signal.aborted || PAYLOAD_MISMATCH.has((err as { name?: string }).name ?? '') || preconditionFailed(err)) return;
         this.#failed ??= this.#b.error(`store ${this.#c.what} in`, err);
       }).finally(() => { st.settled = true; const w = st.wake; st.wake = null; w?.(); });
       this.#stream = st;
     }
     const st = this.#stream;
-    let at = position;
-    for (const p of parts) {
-      let piece = Buffer.from(p.buffer, p.byteOffset, p.length);
-      const end = this.#pendingLength;
-      if (at + piece.length <= end) { at += piece.length; continue; } // bytes it has already
-      if (at > end) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write at ${at}, but the upload ends at ${end}`);
-      piece = piece.subarray(end - at);
-      at = end + piece.length;
-      if (at > size) throw new HoldfastError('HF_STORE_BAD_OFFSET', `${this.#c.what}: a write past the announced ${size} bytes`);
+    for (const piece of pieces) {
       // the caller's buffers, when given; else copied (they go back to a pool once this resolves)
       st.body.push(owned ? piece : Buffer.from(piece));
-      this.#pendingLength = at;
+      this.#pendingLength += piece.length;
     }
     if (this.#pendingLength === size) st.body.push(null);
     // Backpressure: the next write waits until the object store has taken most of this.
@@ -1210,14 +1220,7 @@ class S3Upload implements Upload {
           // The whole file is the payload: its digest is the SigV4 payload hash, which S3 checks against what it receives.
           await this.#b.put(this.#c.key, rest, { ...this.#b.retention(), IfNoneMatch: '*' }, got);
         } catch (err) {
-          const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-          if (PAYLOAD_MISMATCH.has(e.name ?? '')) {
-            await this.discard();
-            throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
-              `${this.#c.what}: the ${size} bytes received do not hash to the announced ${this.#c.digest.slice(0, 16)}… (the object store refused them); the upload was discarded and will be sent again`);
-          }
-          if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412) throw this.#b.error(`store ${this.#c.what} in`, err);
-          await this.#sameAsExisting((await this.#b.head(this.#c.key))?.size ?? -1, size);
+          await this.#onePutFailed(err, size);
           return;
         }
       } else {
@@ -1252,17 +1255,26 @@ class S3Upload implements Upload {
     try {
       await this.#stream!.done;
     } catch (err) {
-      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-      if (PAYLOAD_MISMATCH.has(e.name ?? '')) {
-        await this.discard();
-        throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
-          `${this.#c.what}: the ${size} bytes received do not hash to the announced ${this.#c.digest.slice(0, 16)}… (the object store refused them); the upload was discarded and will be sent again`);
-      }
-      if (e.name !== 'PreconditionFailed' && e.$metadata?.httpStatusCode !== 412) throw this.#b.error(`store ${this.#c.what} in`, err);
-      await this.#sameAsExisting((await this.#b.head(this.#c.key))?.size ?? -1, size);
+      await this.#onePutFailed(err, size);
       return;
     }
     this.#c.onCommitted(size); // (its retention, if any, came with the PUT)
+  }
+
+  /**
+   * After the PUT of a one-PUT file failed: bytes the object store refused
+   * (HF_STORE_DIGEST_MISMATCH; the upload is discarded), or the file there
+   * already (resolves when it is this one); anything else is the object
+   * store's error.
+   */
+  async #onePutFailed(err: unknown, size: number): Promise<void> {
+    if (PAYLOAD_MISMATCH.has((err as { name?: string }).name ?? '')) {
+      await this.discard();
+      throw new HoldfastError('HF_STORE_DIGEST_MISMATCH',
+        `${this.#c.what}: the ${size} bytes received do not hash to the announced ${this.#c.digest.slice(0, 16)}… (the object store refused them); the upload was discarded and will be sent again`);
+    }
+    if (!preconditionFailed(err)) throw this.#b.error(`store ${this.#c.what} in`, err);
+    await this.#sameAsExisting((await this.#b.head(this.#c.key))?.size ?? -1, size);
   }
 
   /** An object already there: fine when it is this file (content-addressed: same size; else same digest). */
