@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import v8 from 'node:v8';
 
 import { type Command, InvalidArgumentError } from 'commander';
 
@@ -8,7 +7,7 @@ import { HoldfastError } from '../errors/index.ts';
 import { initCa, issueCertificate, readPem, revokeCertificate } from '../pki/index.ts';
 import {
   RemoteStorage, type TargetConfig, TargetRegistry, type TargetRun, cloneRepository, endpointText, exportSeed, localFiles, parseEndpoints,
-  parseRate, parseWindows, replicateTargets, targetClient, targetStatus, targetTls, TargetClient,
+  parseRate, parseWindows, replicateTargets, targetClient, targetStatus, targetTls, TargetClient, useStreamingHeap,
 } from '../replication/index.ts';
 import { Lock, Repository } from '../repository/index.ts';
 import { listSnapshots } from '../snapshot/index.ts';
@@ -194,10 +193,7 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
         cert: Buffer.from(await readPem(o.cert, 'certificate')), key: Buffer.from(await readPem(o.key, 'key')),
         ca: Buffer.from(await readPem(o.ca, 'CA certificate')), ...(o.crl ? { crl: Buffer.from(await readPem(o.crl, 'CRL')) } : {}),
       });
-      // A store moves gigabytes through short-lived socket buffers. Counted
-      // in V8's global heap limit, their memory no longer forces a full
-      // collection every few dozen MB (docs/BENCHMARKS.md, s3-store).
-      v8.setFlagsFromString('--external-memory-accounted-in-global-limit');
+      useStreamingHeap();
       const log = (e: Record<string, unknown>) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
       const backend = await openBackend(o, o.grace, true);
       if (backend.s3) {
@@ -355,7 +351,7 @@ export function registerReplicationCommands(program: Command, ctx: CommandContex
     .option('--global-rate <rate>', 'a cap shared by all targets, e.g. 50MiB/s', rateOption)
     .option('--no-deletes', 'do not mirror deletions (prune) to the stores')
     .action(action(async (g, o: { target?: string; globalRate?: string; deletes: boolean }) => {
-      v8.setFlagsFromString('--external-memory-accounted-in-global-limit');
+      useStreamingHeap();
       const location = repoLocation(g);
       const storage = new LocalStorage(location);
       await storage.assertExists();

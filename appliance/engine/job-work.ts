@@ -6,7 +6,7 @@ import { backup } from '../backup/index.ts';
 import { Catalog } from '../catalog/index.ts';
 import { HoldfastError } from '../errors/index.ts';
 import { check, forget, prune } from '../maintenance/index.ts';
-import { TargetRegistry, replicateTargets } from '../replication/index.ts';
+import { TargetRegistry, replicateTargets, useStreamingHeap } from '../replication/index.ts';
 import type { Repository, SnapshotId } from '../repository/index.ts';
 import { restore } from '../restore/index.ts';
 import { type RetentionPolicy, listSnapshots, resolveSnapshot } from '../snapshot/index.ts';
@@ -142,6 +142,7 @@ async function replicateWork(spec: Extract<WorkSpec, { kind: 'replicate' }>, ctx
   const targets = spec.target ? all.filter((t) => t.name === spec.target) : all;
   if (spec.target && targets.length === 0) throw new HoldfastError('HF_TARGET_NOT_FOUND', `no replication target named ${spec.target}`);
   if (targets.length === 0) return { targets: [] };
+  useStreamingHeap(); // (this job's process only)
   const per: Record<string, { bytes: number; bytesTotal: number }> = {};
   const runs = await replicateTargets(ctx.repo.storage, registry, targets, {
     signal: ctx.signal,

@@ -3,6 +3,7 @@ export { RateLimiter, TokenBucket, parseRate, parseWindows, rateAt } from './rat
 export { RemoteStorage } from './remote-storage.ts';
 export { type LocalFile, type ReplicationProgress, type ReplicationResult, localFiles, replicate } from './replicator.ts';
 export { SEED_MANIFEST, exportSeed } from './seed-export.ts';
+export { useStreamingHeap } from './streaming-heap.ts';
 export { type ClientTls, type Endpoint, StoreConnection, endpointText } from './store-connection.ts';
 export { TargetClient } from './target-client.ts';
 export { type TargetRun, type TargetStatus, replicateTargets, targetBucket, targetClient, targetStatus, targetTls } from './target-runner.ts';
