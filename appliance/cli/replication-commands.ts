@@ -50,7 +50,7 @@ function backendOptions(cmd: Command): Command {
     .option('--s3-prefix <prefix>', 'a key prefix ending in / (several stores in one bucket)')
     .option('--s3-lock-mode <mode>', 'Object Lock retention mode: COMPLIANCE (nobody can shorten it) or GOVERNANCE', 'COMPLIANCE')
     .option('--s3-claim-lease <duration>', 'how soon another front-end may take over an upload whose front-end died', parseDuration, 15)
-    .option('--s3-part-size <size>', 'multipart part size (at least 5MiB; what a resumed upload keeps)', parseSize, 16 * 2 ** 20)
+    .option('--s3-part-size <size>', 'multipart part size (whole MiB, at least 5MiB; what a resumed upload keeps)', parseSize, 16 * 2 ** 20)
     .option('--s3-single-put-max <size>', 'files up to this size go in one PUT (buffered; not resumable)', parseSize, 32 * 2 ** 20);
 }
 

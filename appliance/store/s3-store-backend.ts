@@ -120,7 +120,7 @@ export interface S3StoreOptions {
   lockMode?: 'COMPLIANCE' | 'GOVERNANCE';
   /** Files up to this size are sent in one PUT at commit (default 32 MiB). */
   singlePutMax?: number;
-  /** Part size of multipart uploads (default 16 MiB; at least 5 MiB). */
+  /** Part size of multipart uploads (default 16 MiB; a whole number of MiB, at least 5). */
   partSize?: number;
   /** How long an upload's claim lasts without renewal (default 15 s; renewed every third of it). */
   leaseSeconds?: number;
