@@ -212,8 +212,8 @@ export class S3StoreBackend implements StoreBackend {
       throw new HoldfastError('HF_INVALID_ARGUMENT', `invalid S3 key prefix ${JSON.stringify(prefix)} (letters, digits, . _ - and /, ending in /)`);
     }
     const partSize = o.partSize ?? 16 << 20;
-    if (!Number.isSafeInteger(partSize) || partSize < MIN_PART) throw new HoldfastError('HF_INVALID_ARGUMENT', `S3 part size ${partSize} is below S3's 5 MiB`);
-    if (partSize % SLAB !== 0) throw new HoldfastError('HF_INVALID_ARGUMENT', `S3 part size ${partSize} is not a whole number of MiB`);
+    if (!Number.isSafeInteger(partSize) || partSize < MIN_PART) throw new HoldfastError('HF_INVALID_ARGUMENT', `S3 part size ${partSize} bytes (--s3-part-size) is below S3's 5 MiB`);
+    if (partSize % SLAB !== 0) throw new HoldfastError('HF_INVALID_ARGUMENT', `S3 part size ${partSize} bytes (--s3-part-size) is not a whole number of MiB; give e.g. 16MiB`);
     this.#o = {
       bucket: o.bucket,
       region: o.region ?? 'us-east-1',
@@ -447,7 +447,10 @@ export class S3StoreBackend implements StoreBackend {
     if (keys.length === 0) return [];
     const { items } = await this.#list(`${this.#tenantKey(tenant)}partial/`, undefined, Infinity);
     const present = new Set(items.map((i) => i.key));
-    return Promise.all(keys.map(async (k, i) => (present.has(k) ? this.partial(tenant, files[i]!.type, files[i]!.name, files[i]!.digest) : null)));
+    return Promise.all(keys.map(async (k) => {
+      const state = present.has(k) ? await this.#state(k) : null;
+      return state ? state.parts.reduce((n, p) => n + p.size, 0) : null;
+    }));
   }
 
   async #state(key: string): Promise<UploadState | null> {
